@@ -1,0 +1,26 @@
+/* cli.h — the subcommands of the `strata` binary.
+ *
+ * Each takes the arguments after its own name (argv[0] is the subcommand)
+ * and returns the process exit status: 0 done, 2 bad usage or bad input,
+ * 75 stopped on a signal after a good checkpoint, 1 anything else. Each
+ * prints its own errors as one line on stderr, "strata <cmd>: <message>".
+ */
+#ifndef STRATA_CLI_H
+#define STRATA_CLI_H
+
+#include "strata/err.h"
+
+int strata_cli_pack(int argc, char **argv);
+int strata_cli_inspect(int argc, char **argv);
+int strata_cli_train(int argc, char **argv);
+int strata_cli_eval(int argc, char **argv);
+int strata_cli_import(int argc, char **argv);
+int strata_cli_export(int argc, char **argv);
+int strata_cli_report(int argc, char **argv);
+int strata_cli_bench(int argc, char **argv);
+int strata_cli_fisher(int argc, char **argv);
+
+/* Prints "strata <cmd>: <msg>" on stderr and returns e.code (0 if none). */
+int strata_cli_fail(const char *cmd, strata_err e);
+
+#endif

@@ -1,0 +1,91 @@
+/* config.h — the run's configuration, from an INI file and --set overrides.
+ *
+ * Sections [model] [data] [train] [checkpoint] [log] and one [eval.NAME] per
+ * held-out set. Every key has a type and a range; an unknown key, a bad
+ * value or a value out of range is an error naming the file and line (or
+ * the --set argument). Paths are resolved relative to the config file's
+ * directory. strata_config_text renders the resolved values, one key per
+ * line, so a checkpoint records exactly what ran.
+ */
+#ifndef STRATA_CONFIG_H
+#define STRATA_CONFIG_H
+
+#include <stdint.h>
+
+#include "strata/err.h"
+#include "strata/loader.h"
+#include "strata/schedule.h"
+
+#define STRATA_MAX_EVALS 8
+#define STRATA_PATH_MAX 4096
+
+typedef struct strata_eval_config {
+    char name[64];
+    char path[STRATA_PATH_MAX];
+    long max_samples; /* 0 = all */
+} strata_eval_config;
+
+typedef struct strata_config {
+    char path[STRATA_PATH_MAX]; /* the config file */
+    struct {
+        char init[STRATA_PATH_MAX]; /* "scratch" or a checkpoint path */
+        int n_layer, n_head, n_embd, block_size, vocab_size;
+        double dropout;
+    } model;
+    struct {
+        char new_path[STRATA_PATH_MAX];
+        strata_replay_source replay[8];
+        int n_replay;
+        double replay_ratio;
+        int seq_len;
+        uint64_t seed;
+        int follow, wrap, shuffle_window, prefetch;
+        double follow_timeout;
+    } data;
+    struct {
+        long steps;
+        int global_batch, micro_batch;
+        double lr, min_lr, decay_fraction;
+        long warmup;
+        strata_schedule_kind schedule;
+        double weight_decay, beta1, beta2, eps, grad_clip;
+        int zero;
+        double bucket_mb;
+        int max_bad_steps;
+        double step_timeout;  /* seconds; < 0 = automatic, 0 = off */
+        double l2sp;          /* alpha of the L2-SP penalty toward the init weights */
+        double ewc;           /* lambda of the EWC penalty */
+        char fisher[STRATA_PATH_MAX];
+        double l1;            /* lambda of the L1 proximal step */
+        int l1_to_init;       /* L1 toward the init weights instead of zero */
+        int freeze_embeddings;
+        int freeze_blocks;    /* lowest k blocks frozen */
+        int freeze_all_blocks; /* feature extraction */
+        long unfreeze_every;  /* gradual unfreezing: one more block every N steps */
+        double layer_lr_decay; /* lr multiplier per block below the top (1 = off) */
+        uint64_t init_seed;
+    } train;
+    struct {
+        char dir[STRATA_PATH_MAX];
+        long every;
+        double every_minutes;
+        int keep;
+        long keep_every;
+        char resume[STRATA_PATH_MAX]; /* "auto", "never" or a path */
+    } checkpoint;
+    struct {
+        char metrics[STRATA_PATH_MAX];
+        long every, eval_every;
+    } log;
+    strata_eval_config evals[STRATA_MAX_EVALS];
+    int n_evals;
+} strata_config;
+
+/* Sets every key to its default. */
+void strata_config_defaults(strata_config *cfg);
+/* Reads path, then applies each "section.key=value" of sets in order. */
+strata_err strata_config_load(strata_config *cfg, const char *path, char **sets, int n_sets);
+/* The resolved configuration as INI text (malloc'd). */
+char *strata_config_text(const strata_config *cfg);
+
+#endif

@@ -1,0 +1,24 @@
+/* metrics.h — the metrics file: JSON Lines, one object per logged step or
+ * evaluation (see docs/DESIGN.md for the fields).
+ *
+ * Only rank 0 writes it. Each line is written whole and flushed, so a kill
+ * leaves at most one partial last line, which reopening drops. Reopening for
+ * a resumed run also drops every record after the resumed step: those steps
+ * will be run again and logged again, so the file never holds a step twice.
+ */
+#ifndef STRATA_METRICS_H
+#define STRATA_METRICS_H
+
+#include "strata/err.h"
+
+typedef struct strata_metrics strata_metrics;
+
+/* keep_through_step < 0: start a new file; otherwise keep the records with
+ * step <= keep_through_step and append after them. */
+strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep_through_step);
+/* Writes one JSON object (the caller formats its fields, without braces). */
+strata_err strata_metrics_write(strata_metrics *m, const char *fields_fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void strata_metrics_close(strata_metrics *m);
+
+#endif

@@ -1,0 +1,107 @@
+/* model.h — GPT-2 in fp32: parameters, gradients, forward and backward.
+ *
+ * All parameters live in one contiguous buffer, described by a table of named
+ * tensors (Hugging Face GPT-2 names: "wte.weight", "h.3.attn.c_attn.weight",
+ * ...). Gradients live in a buffer of the same layout, so the all-reduce,
+ * ZeRO sharding, checkpoints and freezing all work on ranges of offsets.
+ *
+ * Layout, in buffer order: wte, wpe, h.0 ... h.{L-1}, ln_f. Each block's
+ * tensors are contiguous, so backward finishes the buffer from the end
+ * towards the start (ln_f, h.{L-1}, ..., h.0, then wpe and wte).
+ *
+ * Linear weights are stored (out, in) like torch.nn.Linear; Hugging Face's
+ * Conv1D stores the transpose, and import/export transposes. wte has
+ * vocab_size rows in every file but padded_vocab rows in memory: the padding
+ * rows are zero, stay zero (their gradient is zero) and never get
+ * probability mass. The model knows no files and no MPI.
+ */
+#ifndef STRATA_MODEL_H
+#define STRATA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "strata/err.h"
+
+typedef struct strata_model_shape {
+    int n_layer;      /* L */
+    int n_head;       /* NH */
+    int n_embd;       /* C */
+    int block_size;   /* max T */
+    int vocab_size;   /* V */
+    int padded_vocab; /* Vp: V rounded up to a multiple of 64 */
+} strata_model_shape;
+
+typedef struct strata_tensor {
+    char name[48];  /* Hugging Face name, without "transformer." */
+    size_t offset;  /* into params/grads, in floats */
+    size_t numel;   /* elements stored in files (wte: V*C) */
+    int ndim;       /* 1 or 2 */
+    int shape[2];   /* as stored in files: wte (V, C); linear (out, in) */
+    int layer;      /* block index, or -1 for wte, wpe, ln_f */
+    int decay;      /* 1 for 2-D weights (weight decay applies) */
+} strata_tensor;
+
+typedef struct strata_model strata_model;
+
+/* Checks the shape (positive sizes, n_embd divisible by n_head) and
+ * allocates parameters and gradients, zeroed. */
+strata_err strata_model_create(strata_model **out, const strata_model_shape *shape);
+void strata_model_free(strata_model *m);
+
+const strata_model_shape *strata_model_get_shape(const strata_model *m);
+float *strata_model_params(strata_model *m);
+float *strata_model_grads(strata_model *m);
+size_t strata_model_n_floats(const strata_model *m); /* buffer length, padding included */
+size_t strata_model_n_params(const strata_model *m); /* real parameters, no padding */
+int strata_model_n_tensors(const strata_model *m);
+const strata_tensor *strata_model_tensor(const strata_model *m, int i);
+const strata_tensor *strata_model_find(const strata_model *m, const char *name);
+/* [begin, end) float offsets of block l's tensors. */
+void strata_model_block_range(const strata_model *m, int l, size_t *begin, size_t *end);
+
+/* GPT-2 initialisation: N(0, 0.02), residual projections (attn.c_proj and
+ * mlp.c_proj weights) scaled by 1/sqrt(2L), biases zero, LayerNorm weights
+ * one; a pure function of seed. */
+void strata_model_init_gpt2(strata_model *m, uint64_t seed);
+
+/* Sizes the activation arena for micro-batches of B sequences of T tokens
+ * (T <= block_size). Must precede forward; may be called again to resize. */
+strata_err strata_model_reserve(strata_model *m, int B, int T);
+size_t strata_model_activation_bytes(const strata_model *m);
+
+/* Forward pass over inputs (B, T). With targets (B, T), returns the mean
+ * cross-entropy over the B*T positions and, in per_seq_loss (B) when not NULL,
+ * each sequence's mean loss. With targets NULL returns 0 and keeps logits.
+ * Every token id must be < vocab_size (checked by the data layer). */
+float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
+                           int B, int T, float *per_seq_loss);
+
+/* Backward of the last forward (which had targets), ADDING to the gradient
+ * buffer the gradient of loss_scale * (sum of the B*T token losses). Blocks
+ * below first_trainable_block get no gradient and cost no compute; with
+ * embeddings_frozen, wte/wpe get no gradient from the embedding lookup.
+ * Between blocks it calls on_block_done(ctx, l) when block l's gradients are
+ * final (l = L for ln_f, -1 for the embeddings), so communication can start. */
+typedef struct strata_backward_opts {
+    float loss_scale;
+    int first_trainable_block; /* 0 = all blocks */
+    int embeddings_frozen;
+    int stop_at_top; /* feature extraction: only ln_f and the lm head */
+    void (*on_block_done)(void *ctx, int layer);
+    void *ctx;
+} strata_backward_opts;
+void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
+
+void strata_model_zero_grad(strata_model *m);
+/* Logits of the last forward, (B, T, padded_vocab); valid when targets were NULL. */
+const float *strata_model_logits(const strata_model *m);
+
+/* Seconds spent in each part of the last forward+backward (for `bench`). */
+typedef struct strata_model_timing {
+    double matmul, attention, elementwise, loss;
+} strata_model_timing;
+strata_model_timing strata_model_get_timing(const strata_model *m);
+void strata_model_reset_timing(strata_model *m);
+
+#endif

@@ -1,0 +1,29 @@
+/* trainer.h — one training run: the loop that ties model, optimizer, data,
+ * communicator and checkpoints together.
+ *
+ * Every rank runs the same loop on its slots of each global batch. Per step:
+ * agree on stop/exhausted, forward+backward over the rank's micro-batches
+ * (gradients summed, communication only on the last), reduce gradients in
+ * buckets while backward runs, scale by the global token count, clip by the
+ * global norm, skip the update if anything is non-finite, apply AdamW (and
+ * the anti-forgetting penalties), log, evaluate, checkpoint. Rank 0 prints
+ * and writes every file.
+ */
+#ifndef STRATA_TRAINER_H
+#define STRATA_TRAINER_H
+
+#include "strata/comm.h"
+#include "strata/config.h"
+#include "strata/err.h"
+
+/* Runs cfg to its last step (or until the data ends, or a signal). Returns
+ * STRATA_ESTOPPED after a stop on a signal and a good checkpoint. Errors
+ * every rank sees alike (config, checkpoint) come back as values; errors
+ * only one rank sees end the job through strata_comm_abort. */
+strata_err strata_train_run(const strata_config *cfg, strata_comm *comm);
+
+/* Evaluates the checkpoint at ckpt_path on cfg's eval sets and prints one
+ * line per set (and writes them to the metrics file when one is set). */
+strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const char *ckpt_path);
+
+#endif

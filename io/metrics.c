@@ -1,0 +1,100 @@
+#include "strata/metrics.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct strata_metrics {
+    FILE *f;
+    char path[4096];
+};
+
+/* mkdir -p of path's directory. */
+static strata_err make_parent_dirs(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return strata_ok();
+    *slash = 0;
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(dir, 0777) && errno != EEXIST)
+            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir, strerror(errno));
+    return strata_ok();
+}
+
+/* Rewrites path keeping only complete records with step <= last_step. */
+static strata_err truncate_after(const char *path, long last_step)
+{
+    FILE *in = fopen(path, "r");
+    if (!in) return strata_ok(); /* nothing logged yet */
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", tmp, strerror(errno));
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        if (line[n - 1] != '\n') break; /* a torn last line */
+        json_t *obj = json_loads(line, 0, NULL);
+        json_t *step = obj ? json_object_get(obj, "step") : NULL;
+        if (step && json_is_integer(step) && json_integer_value(step) <= last_step)
+            fputs(line, out);
+        json_decref(obj);
+    }
+    free(line);
+    fclose(in);
+    if (fclose(out) || rename(tmp, path))
+        return strata_errorf(STRATA_EFAIL, "%s: cannot rewrite: %s", path, strerror(errno));
+    return strata_ok();
+}
+
+strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep_through_step)
+{
+    STRATA_TRY(make_parent_dirs(path));
+    if (keep_through_step >= 0) STRATA_TRY(truncate_after(path, keep_through_step));
+    strata_metrics *m = calloc(1, sizeof *m);
+    if (!m) return strata_errorf(STRATA_EFAIL, "out of memory");
+    m->f = fopen(path, keep_through_step >= 0 ? "a" : "w");
+    if (!m->f) {
+        free(m);
+        return strata_errorf(STRATA_EINPUT, "%s: cannot open metrics file: %s", path,
+                             strerror(errno));
+    }
+    snprintf(m->path, sizeof m->path, "%s", path);
+    *out = m;
+    return strata_ok();
+}
+
+strata_err strata_metrics_write(strata_metrics *m, const char *fields_fmt, ...)
+{
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fields_fmt);
+    vsnprintf(buf, sizeof buf, fields_fmt, ap);
+    va_end(ap);
+    if (fprintf(m->f, "{%s}\n", buf) < 0 || fflush(m->f))
+        return strata_errorf(STRATA_EFAIL, "%s: write failed: %s", m->path, strerror(errno));
+    return strata_ok();
+}
+
+void strata_metrics_close(strata_metrics *m)
+{
+    if (!m) return;
+    fclose(m->f);
+    free(m);
+}

@@ -1,0 +1,333 @@
+/* MPI for strata: init, agreement, and bucketed gradient reduction. */
+#include "strata/comm.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct strata_comm {
+    int rank, size, local_size;
+    char host[MPI_MAX_PROCESSOR_NAME];
+};
+
+/* Every MPI call goes through here: a failure ends the job with its text. */
+static void check(strata_comm *c, int rc, const char *what)
+{
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING], msg[MPI_MAX_ERROR_STRING + 128];
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    snprintf(msg, sizeof msg, "%s failed: %s", what, text);
+    strata_comm_abort(c, 1, msg);
+}
+
+strata_err strata_comm_init(int *argc, char ***argv, strata_comm **out)
+{
+    int provided = 0;
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return strata_errorf(STRATA_EFAIL, "MPI_Init_thread failed");
+    if (provided < MPI_THREAD_FUNNELED)
+        return strata_errorf(STRATA_EFAIL, "MPI provides no MPI_THREAD_FUNNELED support");
+    /* Errors come back as return codes, which check() turns into an abort
+     * with a message, instead of MPI's default silent abort. */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    strata_comm *c = calloc(1, sizeof *c);
+    if (!c) return strata_errorf(STRATA_EFAIL, "out of memory");
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    int len = 0;
+    MPI_Get_processor_name(c->host, &len);
+    MPI_Comm node;
+    c->local_size = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &node) ==
+        MPI_SUCCESS) {
+        MPI_Comm_size(node, &c->local_size);
+        MPI_Comm_free(&node);
+    }
+    *out = c;
+    return strata_ok();
+}
+
+void strata_comm_finalize(strata_comm *c)
+{
+    free(c);
+    MPI_Finalize();
+}
+
+int strata_comm_rank(const strata_comm *c) { return c->rank; }
+int strata_comm_size(const strata_comm *c) { return c->size; }
+const char *strata_comm_host(const strata_comm *c) { return c->host; }
+int strata_comm_local_size(const strata_comm *c) { return c->local_size; }
+
+strata_err strata_comm_agree_error(strata_comm *c, strata_err e)
+{
+    if (c->size == 1) return e;
+    int codes[2] = {e.code, c->rank == 0 ? e.code : 0}, all[2];
+    check(c, MPI_Allreduce(codes, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "error agreement");
+    if (!all[0]) return e;
+    if (!e.code || (c->rank != 0 && all[1])) {
+        e.msg[0] = 0;
+    } else if (c->rank != 0) {
+        char msg[sizeof e.msg];
+        snprintf(msg, sizeof msg, "rank %d (%s): %s", c->rank, c->host, e.msg);
+        memcpy(e.msg, msg, sizeof msg);
+    }
+    e.code = all[0];
+    return e;
+}
+
+_Noreturn void strata_comm_abort(strata_comm *c, int code, const char *msg)
+{
+    if (c && c->size > 1)
+        fprintf(stderr, "strata: rank %d (%s): %s\n", c->rank, c->host, msg);
+    else
+        fprintf(stderr, "strata: %s\n", msg);
+    fflush(stderr);
+    if (c && c->size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+    _exit(code);
+}
+
+int strata_comm_agree(strata_comm *c, int flags)
+{
+    int all = flags;
+    if (c->size > 1)
+        check(c, MPI_Allreduce(&flags, &all, 1, MPI_INT, MPI_BOR, MPI_COMM_WORLD), "agreement");
+    return all;
+}
+
+void strata_comm_sum_doubles(strata_comm *c, double *x, int n)
+{
+    if (c->size > 1)
+        check(c, MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "sum");
+}
+
+double strata_comm_max_double(strata_comm *c, double x)
+{
+    double m = x;
+    if (c->size > 1)
+        check(c, MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "max");
+    return m;
+}
+
+void strata_comm_barrier(strata_comm *c)
+{
+    if (c->size > 1) check(c, MPI_Barrier(MPI_COMM_WORLD), "barrier");
+}
+
+void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n)
+{
+    if (c->size == 1) return;
+    for (size_t off = 0; off < n; off += 1 << 30) {
+        int len = (int)(n - off < (1u << 30) ? n - off : 1u << 30);
+        check(c, MPI_Bcast((char *)buf + off, len, MPI_BYTE, 0, MPI_COMM_WORLD), "broadcast");
+    }
+}
+
+/* Shards are aligned to 16 floats so every rank's part starts on a cache line. */
+void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin,
+                       size_t *end)
+{
+    size_t units = (n_floats + 15) / 16, W = (size_t)c->size;
+    size_t b = units * rank / W * 16, e = units * (rank + 1) / W * 16;
+    *begin = b < n_floats ? b : n_floats;
+    *end = e < n_floats ? e : n_floats;
+}
+
+static void range_counts(strata_comm *c, size_t n_floats, int *counts, int *displs)
+{
+    for (int r = 0; r < c->size; r++) {
+        size_t b, e;
+        strata_comm_shard(c, n_floats, r, &b, &e);
+        if (e - b > (size_t)1 << 30)
+            strata_comm_abort(c, 1, "shard larger than 2^30 floats: use more ranks");
+        counts[r] = (int)(e - b);
+        displs[r] = (int)b;
+    }
+}
+
+void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats)
+{
+    if (c->size == 1) return;
+    int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
+    if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
+    range_counts(c, n_floats, counts, displs);
+    if (c->rank == 0)
+        check(c, MPI_Gatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, counts, displs, MPI_FLOAT, 0,
+                             MPI_COMM_WORLD), "gather");
+    else
+        check(c, MPI_Gatherv(buf + displs[c->rank], counts[c->rank], MPI_FLOAT, NULL, NULL, NULL,
+                             MPI_FLOAT, 0, MPI_COMM_WORLD), "gather");
+    free(counts);
+    free(displs);
+}
+
+void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
+{
+    if (c->size == 1) return;
+    int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
+    if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
+    range_counts(c, n_floats, counts, displs);
+    if (c->rank == 0)
+        check(c, MPI_Scatterv(buf, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0,
+                              MPI_COMM_WORLD), "scatter");
+    else
+        check(c, MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, buf + displs[c->rank], counts[c->rank],
+                              MPI_FLOAT, 0, MPI_COMM_WORLD), "scatter");
+    free(counts);
+    free(displs);
+}
+
+/* ---- gradient synchronisation ---------------------------------------- */
+
+typedef struct bucket {
+    size_t lo, hi; /* float range of the gradient buffer */
+    int started, done;
+    MPI_Request req;
+    int *counts; /* ZeRO: this bucket's part of each rank's shard */
+} bucket;
+
+struct strata_grad_sync {
+    strata_comm *comm;
+    float *grads;
+    size_t n_floats;
+    int zero;
+    size_t shard_begin, shard_end;
+    float *shard_sum; /* ZeRO: summed gradients of this rank's shard */
+    bucket *buckets;  /* buckets[0] is the end of the buffer */
+    int n_buckets, n_done;
+    double first_start, last_done;
+};
+
+strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float *grads,
+                                   size_t n_floats, size_t bucket_bytes, int zero)
+{
+    strata_grad_sync *g = calloc(1, sizeof *g);
+    if (!g) return strata_errorf(STRATA_EFAIL, "out of memory");
+    g->comm = c, g->grads = grads, g->n_floats = n_floats, g->zero = zero && c->size > 1;
+    strata_comm_shard(c, n_floats, c->rank, &g->shard_begin, &g->shard_end);
+    if (!g->zero) g->shard_begin = 0, g->shard_end = n_floats;
+    size_t per = bucket_bytes / sizeof(float);
+    if (per < 1024) per = 1024;
+    if (per > (size_t)1 << 30) per = (size_t)1 << 30;
+    g->n_buckets = (int)((n_floats + per - 1) / per);
+    g->buckets = calloc(g->n_buckets, sizeof *g->buckets);
+    if (!g->buckets) {
+        free(g);
+        return strata_errorf(STRATA_EFAIL, "out of memory");
+    }
+    for (int i = 0; i < g->n_buckets; i++) {
+        bucket *b = &g->buckets[i];
+        b->hi = n_floats - (size_t)i * per;
+        b->lo = b->hi > per ? b->hi - per : 0;
+        if (g->zero) {
+            b->counts = calloc(c->size, sizeof(int));
+            if (!b->counts) return strata_errorf(STRATA_EFAIL, "out of memory");
+            for (int r = 0; r < c->size; r++) {
+                size_t sb, se;
+                strata_comm_shard(c, n_floats, r, &sb, &se);
+                size_t lo = b->lo > sb ? b->lo : sb, hi = b->hi < se ? b->hi : se;
+                b->counts[r] = hi > lo ? (int)(hi - lo) : 0;
+            }
+        }
+    }
+    if (g->zero) {
+        g->shard_sum = malloc((g->shard_end - g->shard_begin + 1) * sizeof(float));
+        if (!g->shard_sum) return strata_errorf(STRATA_EFAIL, "out of memory");
+    }
+    *out = g;
+    return strata_ok();
+}
+
+void strata_grad_sync_free(strata_grad_sync *g)
+{
+    if (!g) return;
+    for (int i = 0; i < g->n_buckets; i++) free(g->buckets[i].counts);
+    free(g->buckets);
+    free(g->shard_sum);
+    free(g);
+}
+
+static void start_bucket(strata_grad_sync *g, bucket *b)
+{
+    strata_comm *c = g->comm;
+    if (g->n_done == 0 && !g->first_start) g->first_start = MPI_Wtime();
+    b->started = 1;
+    if (!g->zero) {
+        check(c, MPI_Iallreduce(MPI_IN_PLACE, g->grads + b->lo, (int)(b->hi - b->lo), MPI_FLOAT,
+                                MPI_SUM, MPI_COMM_WORLD, &b->req), "gradient all-reduce");
+        return;
+    }
+    size_t lo = b->lo > g->shard_begin ? b->lo : g->shard_begin;
+    float *recv = g->shard_sum + (lo < g->shard_end ? lo - g->shard_begin : 0);
+    check(c, MPI_Ireduce_scatter(g->grads + b->lo, recv, b->counts, MPI_FLOAT, MPI_SUM,
+                                 MPI_COMM_WORLD, &b->req), "gradient reduce-scatter");
+}
+
+static void poll_buckets(strata_grad_sync *g)
+{
+    for (int i = 0; i < g->n_buckets; i++) {
+        bucket *b = &g->buckets[i];
+        if (!b->started || b->done) continue;
+        int flag = 0;
+        check(g->comm, MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE), "gradient reduction");
+        if (flag) {
+            b->done = 1;
+            g->n_done++;
+            g->last_done = MPI_Wtime();
+        }
+    }
+}
+
+void strata_grad_sync_ready(strata_grad_sync *g, size_t ready_from)
+{
+    if (g->comm->size == 1) return;
+    for (int i = 0; i < g->n_buckets; i++)
+        if (!g->buckets[i].started && g->buckets[i].lo >= ready_from) start_bucket(g, &g->buckets[i]);
+    poll_buckets(g);
+}
+
+void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hidden_fraction)
+{
+    *exposed_ms = 0.0;
+    *hidden_fraction = 1.0;
+    if (g->comm->size == 1) return;
+    double t0 = MPI_Wtime();
+    for (int i = 0; i < g->n_buckets; i++)
+        if (!g->buckets[i].started) start_bucket(g, &g->buckets[i]);
+    for (int i = 0; i < g->n_buckets; i++) {
+        bucket *b = &g->buckets[i];
+        if (!b->done)
+            check(g->comm, MPI_Wait(&b->req, MPI_STATUS_IGNORE), "gradient reduction");
+        b->done = b->started = 0;
+    }
+    double t1 = MPI_Wtime();
+    double span = t1 - g->first_start;
+    *exposed_ms = (t1 - t0) * 1e3;
+    *hidden_fraction = span > 0 ? 1.0 - (t1 - t0) / span : 1.0;
+    g->n_done = 0;
+    g->first_start = 0;
+    if (g->zero)
+        memcpy(g->grads + g->shard_begin, g->shard_sum,
+               (g->shard_end - g->shard_begin) * sizeof(float));
+}
+
+void strata_grad_sync_allgather_params(strata_grad_sync *g, float *params)
+{
+    if (!g->zero) return;
+    strata_comm *c = g->comm;
+    int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
+    if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
+    range_counts(c, g->n_floats, counts, displs);
+    check(c, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, counts, displs, MPI_FLOAT,
+                            MPI_COMM_WORLD), "parameter all-gather");
+    free(counts);
+    free(displs);
+}
+
+void strata_grad_sync_shard(const strata_grad_sync *g, size_t *begin, size_t *end)
+{
+    *begin = g->shard_begin;
+    *end = g->shard_end;
+}

@@ -1,0 +1,178 @@
+/* strata train, strata eval and strata bench. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "strata/cli.h"
+#include "strata/comm.h"
+#include "strata/config.h"
+#include "strata/model.h"
+#include "strata/optim.h"
+#include "strata/perf.h"
+#include "strata/rng.h"
+#include "strata/trainer.h"
+
+typedef struct run_args {
+    const char *config;
+    const char *checkpoint;
+    char *sets[256];
+    int n_sets;
+    int steps, warmup; /* bench */
+} run_args;
+
+static strata_err parse_args(const char *cmd, int argc, char **argv, run_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->steps = 5, a->warmup = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(arg, "--config") && val) a->config = val, i++;
+        else if (!strcmp(arg, "--set") && val && a->n_sets < 256) a->sets[a->n_sets++] = argv[++i];
+        else if (!strcmp(arg, "--checkpoint") && val) a->checkpoint = val, i++;
+        else if (!strcmp(arg, "--steps") && val && atoi(val) > 0) a->steps = atoi(val), i++;
+        else if (!strcmp(arg, "--warmup") && val && atoi(val) >= 0) a->warmup = atoi(val), i++;
+        else
+            return strata_errorf(STRATA_EINPUT, "unexpected argument '%s' (usage: strata %s --config FILE.ini "
+                                 "[--set section.key=value]...%s)", arg, cmd,
+                                 !strcmp(cmd, "eval") ? " --checkpoint CKPT" : "");
+    }
+    if (!a->config && strcmp(cmd, "bench"))
+        return strata_errorf(STRATA_EINPUT, "missing --config FILE.ini");
+    if (!strcmp(cmd, "eval") && !a->checkpoint)
+        return strata_errorf(STRATA_EINPUT, "missing --checkpoint CKPT");
+    return strata_ok();
+}
+
+/* Ranks sharing a node split its cores, unless OMP_NUM_THREADS says otherwise. */
+static void choose_threads(const strata_comm *c)
+{
+    if (getenv("OMP_NUM_THREADS")) return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int per_rank = (int)(cores / strata_comm_local_size(c));
+    omp_set_num_threads(per_rank > 0 ? per_rank : 1);
+}
+
+/* Shared by train and eval: MPI up, config read, run, MPI down. */
+static int run_with_config(const char *cmd, int argc, char **argv)
+{
+    run_args a;
+    strata_err e = parse_args(cmd, argc, argv, &a);
+    if (e.code) return strata_cli_fail(cmd, e);
+    strata_comm *comm;
+    e = strata_comm_init(&argc, &argv, &comm);
+    if (e.code) return strata_cli_fail(cmd, e);
+    choose_threads(comm);
+    strata_config cfg;
+    e = strata_config_load(&cfg, a.config, a.sets, a.n_sets);
+    if (!e.code) {
+        e = !strcmp(cmd, "train") ? strata_train_run(&cfg, comm)
+                                  : strata_eval_run(&cfg, comm, a.checkpoint);
+    } else if (strata_comm_rank(comm) != 0) {
+        e.msg[0] = 0; /* every rank read the same file: rank 0 tells */
+    }
+    if (e.code && e.msg[0]) {
+        if (e.code == STRATA_ESTOPPED) fprintf(stderr, "strata %s: %s\n", cmd, e.msg);
+        else strata_cli_fail(cmd, e);
+    }
+    fflush(stdout);
+    strata_comm_finalize(comm);
+    return e.code;
+}
+
+int strata_cli_train(int argc, char **argv) { return run_with_config("train", argc, argv); }
+int strata_cli_eval(int argc, char **argv) { return run_with_config("eval", argc, argv); }
+
+/* ---- bench ------------------------------------------------------------ */
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void print_bench(const strata_model_shape *s, int B, int T, int threads, double median_s,
+                        strata_model_timing tm, double opt_s, int steps, double peak,
+                        double expected_bytes, double act_bytes, size_t n_floats)
+{
+    double tokens = (double)B * T, tps = tokens / median_s;
+    double fpt = strata_flops_per_token(s, T);
+    double mfu = tps * fpt / (peak * 1e9);
+    double total = tm.matmul + tm.attention + tm.elementwise + tm.loss + opt_s;
+    printf("model      L=%d C=%d NH=%d V=%d (padded to %d), B=%d T=%d, %d thread%s\n", s->n_layer,
+           s->n_embd, s->n_head, s->vocab_size, s->padded_vocab, B, T, threads, threads > 1 ? "s" : "");
+    printf("step       median %.1f ms over %d steps\n", median_s * 1e3, steps);
+    printf("throughput %.0f tokens/s\n", tps);
+    printf("flops      %.3g per token (6*N_params + 12*L*T*C)\n", fpt);
+    printf("sgemm peak %.1f GFLOP/s (1024^3, %d thread%s, measured now)\n", peak, threads,
+           threads > 1 ? "s" : "");
+    printf("MFU        %.1f%% of the measured sgemm peak\n", 100 * mfu);
+    printf("breakdown  matmul %.1f%% | attention %.1f%% | element-wise %.1f%% | loss %.1f%% | optimizer %.1f%%\n",
+           100 * tm.matmul / total, 100 * tm.attention / total, 100 * tm.elementwise / total,
+           100 * tm.loss / total, 100 * opt_s / total);
+    printf("memory     params+grads+adam %.0f MiB + activations %.0f MiB = %.0f MiB expected; "
+           "peak RSS %.0f MiB (%.2fx)\n",
+           n_floats * 16.0 / (1 << 20), act_bytes / (1 << 20), expected_bytes / (1 << 20),
+           strata_peak_rss_bytes() / (1 << 20), strata_peak_rss_bytes() / expected_bytes);
+}
+
+int strata_cli_bench(int argc, char **argv)
+{
+    run_args a;
+    strata_err e = parse_args("bench", argc, argv, &a);
+    if (e.code) return strata_cli_fail("bench", e);
+    strata_config cfg;
+    strata_config_defaults(&cfg);
+    /* Without a config: the `small` shapes of ../shared/bench. */
+    cfg.model.n_layer = 6, cfg.model.n_head = 6, cfg.model.n_embd = 384;
+    cfg.model.block_size = 256, cfg.model.vocab_size = 50257;
+    cfg.data.seq_len = 256, cfg.train.micro_batch = 8;
+    if (a.config) e = strata_config_load(&cfg, a.config, a.sets, a.n_sets);
+    if (e.code) return strata_cli_fail("bench", e);
+
+    strata_model_shape shape = {cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
+                                cfg.model.block_size, cfg.model.vocab_size, 0};
+    strata_model *m;
+    if ((e = strata_model_create(&m, &shape)).code) return strata_cli_fail("bench", e);
+    int B = cfg.train.micro_batch, T = cfg.data.seq_len;
+    if ((e = strata_model_reserve(m, B, T)).code) return strata_cli_fail("bench", e);
+    strata_model_init_gpt2(m, 1);
+    size_t n = strata_model_n_floats(m);
+    strata_adamw opt;
+    strata_adamw_config ac = {0.9f, 0.95f, 1e-8f, 0.1f};
+    if ((e = strata_adamw_init(&opt, &ac, 0, n)).code) return strata_cli_fail("bench", e);
+    strata_param_group all = {0, n, 1, 1.0f};
+    uint32_t *tok = malloc(sizeof(uint32_t) * ((size_t)B * T + 1));
+    if (!tok) return strata_cli_fail("bench", strata_errorf(STRATA_EFAIL, "out of memory"));
+    for (long i = 0; i < (long)B * T + 1; i++)
+        tok[i] = (uint32_t)strata_rng_below(strata_rng_u64(7, 0, 0, (uint64_t)i), shape.vocab_size);
+
+    int total = a.warmup + a.steps;
+    double *times = malloc(sizeof(double) * total), opt_s = 0;
+    strata_backward_opts bo = {.loss_scale = 1.0f / (B * T)};
+    for (int s = 0; s < total; s++) {
+        if (s == a.warmup) strata_model_reset_timing(m), opt_s = 0;
+        double t0 = strata_now_seconds();
+        strata_model_zero_grad(m);
+        strata_model_forward(m, tok, tok + 1, B, T, NULL);
+        strata_model_backward(m, &bo);
+        double t1 = strata_now_seconds();
+        strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f, 1e-4f, &all, 1);
+        double t2 = strata_now_seconds();
+        opt_s += t2 - t1;
+        times[s] = t2 - t0;
+    }
+    qsort(times + a.warmup, a.steps, sizeof(double), compare_doubles);
+    double median = times[a.warmup + a.steps / 2];
+    double peak = strata_sgemm_peak_gflops(1024);
+    double act = (double)strata_model_activation_bytes(m);
+    print_bench(strata_model_get_shape(m), B, T, omp_get_max_threads(), median, strata_model_get_timing(m), opt_s,
+                a.steps, peak, n * 16.0 + act, act, n);
+    free(times);
+    free(tok);
+    strata_adamw_free(&opt);
+    strata_model_free(m);
+    return 0;
+}

@@ -1,0 +1,327 @@
+/* The layers of GPT-2 as flat-buffer kernels; see include/strata/kernels.h.
+ *
+ * Determinism: every reduction runs in a fixed order that depends neither on
+ * the thread count nor on scheduling. Column sums (bias and LayerNorm weight
+ * gradients, embedding scatters) are split by column across threads, each
+ * column summed over rows in order; nothing uses atomics or critical
+ * sections. That is what makes a resumed run bitwise identical.
+ */
+#include "strata/kernels.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#define LN_EPS 1e-5f
+
+/* exp(x) to about 1 ulp, branch-free so loops that call it vectorise (glibc's
+ * expf is a scalar call): x = n ln2 + r with |r| <= ln2/2, exp(r) by its
+ * degree-6 Taylor polynomial (error r^7/7! < 2e-7 relative), 2^n put
+ * straight into the exponent bits. Inputs below -87 give ~1e-38, not 0. */
+static inline float exp_approx(float x)
+{
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = floorf(x * 1.44269504f + 0.5f);
+    float r = x - n * 0.693145752f - n * 1.42860677e-06f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* tanh(u) = 1 - 2 / (exp(2u) + 1), exact at both saturations. */
+static inline float tanh_approx(float u) { return 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f); }
+
+void strata_encoder_forward(float *out, const uint32_t *inp, const float *wte, const float *wpe,
+                            int B, int T, int C)
+{
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *e = wte + (size_t)inp[b * T + t] * C;
+            const float *p = wpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
+        }
+}
+
+/* Split by column: each thread owns a range of channels for every token, so
+ * the scatter into dwte has no races and sums each row in (b, t) order. */
+void strata_encoder_backward(float *dwte, float *dwpe, const float *dout, const uint32_t *inp,
+                             int B, int T, int C)
+{
+#pragma omp parallel
+    {
+#pragma omp for schedule(static) nowait
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            int c1 = c0 + 16 < C ? c0 + 16 : C;
+            for (int b = 0; b < B && dwte; b++)
+                for (int t = 0; t < T; t++) {
+                    const float *d = dout + ((size_t)b * T + t) * C;
+                    float *w = dwte + (size_t)inp[b * T + t] * C;
+                    for (int c = c0; c < c1; c++) w[c] += d[c];
+                }
+        }
+#pragma omp for schedule(static)
+        for (int t = 0; t < T; t++) {
+            if (!dwpe) continue;
+            float *p = dwpe + (size_t)t * C;
+            for (int b = 0; b < B; b++) {
+                const float *d = dout + ((size_t)b * T + t) * C;
+                for (int c = 0; c < C; c++) p[c] += d[c];
+            }
+        }
+    }
+}
+
+void strata_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                              const float *w, const float *b, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        float s = 1.0f / sqrtf(v / C + LN_EPS);
+        float *y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+/* With xhat = (x - mean) * rstd and g = dout * w:
+ *   dinp = rstd * (g - mean(g) - xhat * mean(g * xhat))
+ *   dw += sum_n dout * xhat,  db += sum_n dout */
+void strata_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
+                               const float *inp, const float *w, const float *mean,
+                               const float *rstd, int N, int C)
+{
+#pragma omp parallel
+    {
+        if (dw || db) {
+#pragma omp for schedule(static) nowait
+            for (int c0 = 0; c0 < C; c0 += 16) {
+                int c1 = c0 + 16 < C ? c0 + 16 : C;
+                for (int n = 0; n < N; n++) {
+                    const float *x = inp + (size_t)n * C, *d = dout + (size_t)n * C;
+                    for (int c = c0; c < c1; c++) {
+                        if (dw) dw[c] += d[c] * (x[c] - mean[n]) * rstd[n];
+                        if (db) db[c] += d[c];
+                    }
+                }
+            }
+        }
+        if (dinp) {
+#pragma omp for schedule(static)
+            for (int n = 0; n < N; n++) {
+                const float *x = inp + (size_t)n * C, *d = dout + (size_t)n * C;
+                float m = mean[n], s = rstd[n];
+                float g_mean = 0.0f, gx_mean = 0.0f;
+                for (int c = 0; c < C; c++) {
+                    float g = d[c] * w[c];
+                    g_mean += g;
+                    gx_mean += g * (x[c] - m) * s;
+                }
+                g_mean /= C;
+                gx_mean /= C;
+                float *di = dinp + (size_t)n * C;
+                for (int c = 0; c < C; c++)
+                    di[c] += s * (d[c] * w[c] - g_mean - (x[c] - m) * s * gx_mean);
+            }
+        }
+    }
+}
+
+void strata_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
+                           int C, int OC, float beta)
+{
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float *o = out + (size_t)n * OC;
+            if (beta == 0.0f)
+                for (int j = 0; j < OC; j++) o[j] = bias[j];
+            else
+                for (int j = 0; j < OC; j++) o[j] = beta * o[j] + bias[j];
+        }
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C, beta, out,
+                OC);
+}
+
+void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, int N, int C, int OC)
+{
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C,
+                    1.0f, dinp, C);
+    if (dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
+                    1.0f, dw, C);
+    if (dbias) {
+#pragma omp parallel for schedule(static)
+        for (int j0 = 0; j0 < OC; j0 += 64) {
+            int j1 = j0 + 64 < OC ? j0 + 64 : OC;
+            for (int n = 0; n < N; n++) {
+                const float *d = dout + (size_t)n * OC;
+                for (int j = j0; j < j1; j++) dbias[j] += d[j];
+            }
+        }
+    }
+}
+
+/* Causal attention works in row blocks of ATT_BLOCK queries: block [r0, r1)
+ * only sees keys [0, r1), so the sgemms skip most of the masked upper
+ * triangle (T=256: 62% of the full square's work). */
+#define ATT_BLOCK 64
+
+void strata_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
+                              int NH)
+{
+    int hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+            float *P = att + ((size_t)b * NH + h) * T * T;
+            float *o = out + (size_t)b * T * C + h * hs;
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
+                /* S[r0:r1, 0:r1] = scale * Q[r0:r1] K[0:r1]^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hs, scale,
+                            q + (size_t)r0 * C3, C3, k, C3, 0.0f, P + (size_t)r0 * T, T);
+                for (int t = r0; t < r1; t++) {
+                    float *p = P + (size_t)t * T;
+                    float mx = -FLT_MAX;
+                    for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
+                    float sum = 0.0f;
+                    for (int j = 0; j <= t; j++) {
+                        p[j] = exp_approx(p[j] - mx);
+                        sum += p[j];
+                    }
+                    float inv = 1.0f / sum;
+                    for (int j = 0; j <= t; j++) p[j] *= inv;
+                    for (int j = t + 1; j < T; j++) p[j] = 0.0f;
+                }
+                /* O[r0:r1] = P[r0:r1, 0:r1] V[0:r1] */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f,
+                            P + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+            }
+        }
+}
+
+/* dP = dO V^T, dV = P^T dO, dS = P * (dP - rowsum(dP * P)),
+ * dQ = scale dS K, dK = scale dS^T Q; all restricted to the causal blocks. */
+void strata_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                               const float *att, int B, int T, int C, int NH)
+{
+    int hs = C / NH, C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + (size_t)b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+            const float *P = att + ((size_t)b * NH + h) * T * T;
+            float *dP = datt + ((size_t)b * NH + h) * T * T;
+            const float *dO = dout + (size_t)b * T * C + h * hs;
+            for (int t = 0; t < T; t++)
+                for (int i = 0; i < hs; i++) {
+                    dq[(size_t)t * C3 + i] = 0.0f;
+                    dk[(size_t)t * C3 + i] = 0.0f;
+                    dv[(size_t)t * C3 + i] = 0.0f;
+                }
+            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
+                int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, nr = r1 - r0;
+                const float *Pr = P + (size_t)r0 * T;
+                float *dPr = dP + (size_t)r0 * T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
+                            dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, Pr, T,
+                            dO + (size_t)r0 * C, C, 1.0f, dv, C3);
+                for (int t = r0; t < r1; t++) {
+                    const float *p = P + (size_t)t * T;
+                    float *d = dP + (size_t)t * T;
+                    float dot = 0.0f;
+                    for (int j = 0; j <= t; j++) dot += d[j] * p[j];
+                    for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
+                    for (int j = t + 1; j < r1; j++) d[j] = 0.0f;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, hs, r1, scale, dPr, T,
+                            k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, scale, dPr, T,
+                            q + (size_t)r0 * C3, C3, 1.0f, dk, C3);
+            }
+        }
+}
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+
+void strata_gelu_forward(float *out, const float *inp, int N)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanh_approx(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void strata_gelu_backward(float *dinp, const float *inp, const float *dout, int N)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float x = inp[i];
+        float th = tanh_approx(GELU_K * (x + 0.044715f * x * x * x));
+        float dth = (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = (0.5f * (1.0f + th) + 0.5f * x * dth) * dout[i];
+    }
+}
+
+/* loss = logsumexp(x) - x[target]; dlogits = (softmax(x) - onehot) * scale.
+ * One exp pass: the exponentials are stored in place, then scaled. */
+void strata_crossentropy_forward_backward(float *logits, float *losses, const uint32_t *targets,
+                                          int N, int V, int Vp, float dlogits_scale)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *x = logits + (size_t)n * Vp;
+        float mx = -FLT_MAX;
+        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        float target_logit = x[targets[n]];
+        float sum = 0.0f;
+        if (dlogits_scale == 0.0f) {
+            for (int j = 0; j < V; j++) sum += exp_approx(x[j] - mx);
+            losses[n] = logf(sum) + mx - target_logit;
+            continue;
+        }
+        for (int j = 0; j < V; j++) {
+            x[j] = exp_approx(x[j] - mx);
+            sum += x[j];
+        }
+        losses[n] = logf(sum) + mx - target_logit;
+        float k = dlogits_scale / sum;
+        for (int j = 0; j < V; j++) x[j] *= k;
+        for (int j = V; j < Vp; j++) x[j] = 0.0f;
+        x[targets[n]] -= dlogits_scale;
+    }
+}
+
+void strata_residual_forward(float *out, const float *a, const float *b, int N)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) out[i] = a[i] + b[i];
+}
+
+void strata_add_inplace(float *y, const float *x, long N)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < N; i++) y[i] += x[i];
+}

@@ -1,0 +1,767 @@
+/* The training loop; see trainer.h. */
+#include "strata/trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "strata/ckpt.h"
+#include "strata/loader.h"
+#include "strata/metrics.h"
+#include "strata/model.h"
+#include "strata/optim.h"
+#include "strata/perf.h"
+#include "strata/schedule.h"
+#include "strata/stop.h"
+
+typedef struct eval_state {
+    strata_evalset *set;
+    double baseline; /* loss of the init model, NAN until measured */
+} eval_state;
+
+typedef struct trainer {
+    const strata_config *cfg;
+    strata_comm *comm;
+    int rank, world;
+    strata_model *model;
+    int L, T;
+    size_t n_floats;
+    strata_adamw opt;          /* owns this rank's shard (all without ZeRO) */
+    strata_grad_sync *sync;
+    strata_loader *loader;
+    eval_state evals[STRATA_MAX_EVALS];
+    strata_metrics *metrics;   /* rank 0 only */
+    strata_param_group *groups;
+    int n_groups;
+    float *theta0;             /* init weights, for L2-SP, EWC and L1-to-init */
+    float *fisher;             /* EWC's diagonal Fisher, model layout */
+    uint32_t *inputs, *targets;
+    float *seq_loss;
+    strata_schedule sched;
+    strata_ckpt_state st;
+    double peak_gflops, flops_per_token;
+    double last_save_time;
+    double step_ms_sum, tokens_per_s_sum;
+    long timed_steps;
+} trainer;
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void say(const trainer *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const trainer *t, const char *fmt, ...)
+{
+    if (t->rank != 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fflush(stdout);
+}
+
+/* JSON has no NaN: non-finite numbers are written as null. */
+static const char *json_num(char *buf, double x)
+{
+    if (!isfinite(x)) return "null";
+    snprintf(buf, 32, "%.6g", x);
+    return buf;
+}
+
+static strata_err make_dirs(const char *dir)
+{
+    char p[STRATA_PATH_MAX];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0777) && errno != EEXIST)
+            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", p, strerror(errno));
+        *s = '/';
+    }
+    if (mkdir(p, 0777) && errno != EEXIST)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", p, strerror(errno));
+    return strata_ok();
+}
+
+/* ---- model, optimizer groups ----------------------------------------- */
+
+static int frozen_blocks_at(const trainer *t, long step)
+{
+    const strata_config *c = t->cfg;
+    if (c->train.freeze_all_blocks) return t->L;
+    int k = c->train.freeze_blocks < t->L ? c->train.freeze_blocks : t->L;
+    if (c->train.unfreeze_every > 0) k -= (int)(step / c->train.unfreeze_every);
+    return k > 0 ? k : 0;
+}
+
+/* One group per tensor: weight decay on 2-D weights, lr multiplier 0 for a
+ * frozen tensor and decay^(L-1-l) for block l with layer-wise lr decay. */
+static void build_groups(trainer *t, long step)
+{
+    const strata_config *c = t->cfg;
+    int frozen = frozen_blocks_at(t, step);
+    int n = strata_model_n_tensors(t->model);
+    for (int i = 0; i < n; i++) {
+        const strata_tensor *ts = strata_model_tensor(t->model, i);
+        strata_param_group *g = &t->groups[i];
+        g->begin = ts->offset;
+        g->end = i + 1 < n ? strata_model_tensor(t->model, i + 1)->offset : t->n_floats;
+        g->decay = ts->decay;
+        double depth = ts->layer >= 0 ? t->L - 1 - ts->layer : (ts->name[0] == 'w' ? t->L : 0);
+        g->lr_mult = (float)pow(c->train.layer_lr_decay, depth);
+        int is_embedding = ts->name[0] == 'w';
+        if (ts->layer >= 0 && ts->layer < frozen) g->lr_mult = 0;
+        if (is_embedding && c->train.freeze_embeddings) g->lr_mult = 0;
+        /* Feature extraction trains ln_f and the tied wte/lm head only. */
+        if (c->train.freeze_all_blocks && !strcmp(ts->name, "wpe.weight")) g->lr_mult = 0;
+    }
+    t->n_groups = n;
+}
+
+static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
+{
+    const strata_config *c = t->cfg;
+    strata_model_shape shape = {c->model.n_layer, c->model.n_head, c->model.n_embd,
+                                c->model.block_size, c->model.vocab_size, 0};
+    STRATA_TRY(strata_model_create(&t->model, &shape));
+    t->L = shape.n_layer;
+    t->T = c->data.seq_len;
+    t->n_floats = strata_model_n_floats(t->model);
+    if (!strcmp(c->model.init, "scratch")) {
+        strata_model_init_gpt2(t->model, c->train.init_seed);
+    } else {
+        strata_model_shape file_shape;
+        STRATA_TRY(strata_ckpt_read_shape(c->model.init, &file_shape));
+        const char *key = NULL;
+        int got = 0, want = 0;
+        if (file_shape.n_layer != shape.n_layer) key = "n_layer", got = file_shape.n_layer, want = shape.n_layer;
+        else if (file_shape.n_head != shape.n_head) key = "n_head", got = file_shape.n_head, want = shape.n_head;
+        else if (file_shape.n_embd != shape.n_embd) key = "n_embd", got = file_shape.n_embd, want = shape.n_embd;
+        else if (file_shape.block_size != shape.block_size) key = "block_size", got = file_shape.block_size, want = shape.block_size;
+        else if (file_shape.vocab_size != shape.vocab_size) key = "vocab_size", got = file_shape.vocab_size, want = shape.vocab_size;
+        if (key)
+            return strata_errorf(STRATA_EINPUT, "%s: [model] %s is %d in the config but %d in init checkpoint %s",
+                                 c->path, key, want, got, c->model.init);
+        STRATA_TRY(strata_ckpt_load(c->model.init, t->model, NULL, NULL, init_state));
+    }
+    if (c->train.l2sp > 0 || c->train.ewc > 0 || (c->train.l1 > 0 && c->train.l1_to_init)) {
+        t->theta0 = malloc(t->n_floats * sizeof(float));
+        if (!t->theta0) return strata_errorf(STRATA_EFAIL, "out of memory for init weights");
+        memcpy(t->theta0, strata_model_params(t->model), t->n_floats * sizeof(float));
+    }
+    t->groups = calloc(strata_model_n_tensors(t->model), sizeof *t->groups);
+    if (!t->groups) return strata_errorf(STRATA_EFAIL, "out of memory");
+    build_groups(t, 0);
+    return strata_ok();
+}
+
+static strata_err init_optimizer(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    size_t bucket = (size_t)(c->train.bucket_mb * 1024 * 1024);
+    STRATA_TRY(strata_grad_sync_create(&t->sync, t->comm, strata_model_grads(t->model),
+                                       t->n_floats, bucket, c->train.zero));
+    size_t begin, end;
+    strata_grad_sync_shard(t->sync, &begin, &end);
+    strata_adamw_config ac = {(float)c->train.beta1, (float)c->train.beta2, (float)c->train.eps,
+                              (float)c->train.weight_decay};
+    STRATA_TRY(strata_adamw_init(&t->opt, &ac, begin, end));
+    t->sched = (strata_schedule){c->train.schedule, (float)c->train.lr, (float)c->train.min_lr,
+                                 c->train.warmup, c->train.steps, (float)c->train.decay_fraction};
+    return strata_ok();
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+static strata_err init_data(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    strata_loader_config lc;
+    memset(&lc, 0, sizeof lc);
+    snprintf(lc.new_path, sizeof lc.new_path, "%s", c->data.new_path);
+    memcpy(lc.replay, c->data.replay, sizeof lc.replay);
+    lc.n_replay = c->data.n_replay;
+    lc.replay_ratio = c->data.replay_ratio;
+    lc.seq_len = c->data.seq_len;
+    lc.vocab_size = c->model.vocab_size;
+    lc.seed = c->data.seed;
+    lc.global_batch = c->train.global_batch;
+    lc.slot_begin = (int)((long)t->rank * c->train.global_batch / t->world);
+    lc.slot_end = (int)((long)(t->rank + 1) * c->train.global_batch / t->world);
+    lc.follow = c->data.follow;
+    lc.follow_timeout_s = c->data.follow_timeout;
+    lc.wrap = c->data.wrap;
+    lc.shuffle_window = c->data.shuffle_window;
+    lc.prefetch = c->data.prefetch;
+    if (!c->data.new_path[0])
+        return strata_errorf(STRATA_EINPUT, "%s: [data] new is not set", c->path);
+    if (c->train.global_batch < t->world)
+        return strata_errorf(STRATA_EINPUT, "%s: [train] global_batch (%d) is smaller than the number of ranks (%d)",
+                             c->path, c->train.global_batch, t->world);
+    STRATA_TRY(strata_loader_open(&t->loader, &lc));
+    for (int i = 0; i < c->n_evals; i++) {
+        STRATA_TRY(strata_evalset_open(&t->evals[i].set, c->evals[i].path, c->data.seq_len,
+                                       c->model.vocab_size, c->evals[i].max_samples));
+        t->evals[i].baseline = NAN;
+    }
+    int mb = c->train.micro_batch, T = t->T;
+    t->inputs = malloc((size_t)mb * T * sizeof(uint32_t));
+    t->targets = malloc((size_t)mb * T * sizeof(uint32_t));
+    t->seq_loss = malloc((size_t)mb * sizeof(float));
+    if (!t->inputs || !t->targets || !t->seq_loss) return strata_errorf(STRATA_EFAIL, "out of memory");
+    return strata_model_reserve(t->model, mb, T);
+}
+
+/* Splits rows of T+1 tokens into inputs and targets. */
+static void split_rows(const uint32_t *rows, int n, int T, uint32_t *inputs, uint32_t *targets)
+{
+    for (int i = 0; i < n; i++) {
+        memcpy(inputs + (size_t)i * T, rows + (size_t)i * (T + 1), T * sizeof(uint32_t));
+        memcpy(targets + (size_t)i * T, rows + (size_t)i * (T + 1) + 1, T * sizeof(uint32_t));
+    }
+}
+
+/* ---- evaluation ------------------------------------------------------- */
+
+/* Mean loss over an eval set, its samples split across ranks. Returns NAN
+ * and sets *stopped when a stop request arrives mid-way. */
+static double evaluate_set(trainer *t, strata_evalset *set, int *stopped)
+{
+    long n = strata_evalset_n_samples(set);
+    long lo = n * t->rank / t->world, hi = n * (t->rank + 1) / t->world;
+    int mb = t->cfg->train.micro_batch, T = t->T;
+    uint32_t *rows = malloc((size_t)mb * (T + 1) * sizeof(uint32_t));
+    if (!rows) strata_comm_abort(t->comm, 1, "out of memory in evaluation");
+    long max_batches = (n / t->world + 1 + mb - 1) / mb + 1;
+    double sums[2] = {0, 0};
+    long first = lo;
+    for (long b = 0; b < max_batches; b++) {
+        /* Every rank runs the same number of rounds so the stop agreement
+         * below stays a collective; ranks out of samples just agree. */
+        if (strata_comm_agree(t->comm, strata_stop_requested() ? STRATA_AGREE_STOP : 0)) {
+            *stopped = 1;
+            free(rows);
+            return NAN;
+        }
+        int k = (int)(hi - first < mb ? hi - first : mb);
+        if (k <= 0) continue;
+        strata_err e = strata_evalset_read(set, first, k, rows);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
+        split_rows(rows, k, T, t->inputs, t->targets);
+        float loss = strata_model_forward(t->model, t->inputs, t->targets, k, T, NULL);
+        sums[0] += (double)loss * k * T;
+        sums[1] += (double)k * T;
+        first += k;
+    }
+    free(rows);
+    strata_comm_sum_doubles(t->comm, sums, 2);
+    return sums[1] > 0 ? sums[0] / sums[1] : NAN;
+}
+
+static int evaluate_all(trainer *t, long step)
+{
+    char b1[32], b2[32], b3[32];
+    for (int i = 0; i < t->cfg->n_evals; i++) {
+        int stopped = 0;
+        double t0 = strata_now_seconds();
+        double loss = evaluate_set(t, t->evals[i].set, &stopped);
+        if (stopped) return 1;
+        eval_state *ev = &t->evals[i];
+        if (isnan(ev->baseline)) ev->baseline = loss;
+        double delta = loss - ev->baseline;
+        const char *name = t->cfg->evals[i].name;
+        say(t, "eval %-8s step %ld | loss %.4f | ppl %.2f | vs step-0 baseline %+.4f | %.1f s\n", name,
+            step, loss, exp(loss), delta, strata_now_seconds() - t0);
+        if (t->metrics) {
+            char extra[128] = "";
+            if (!strcmp(name, "old")) snprintf(extra, sizeof extra, ",\"forgetting\":%s", json_num(b3, delta));
+            if (!strcmp(name, "new")) snprintf(extra, sizeof extra, ",\"learning\":%s", json_num(b3, -delta));
+            strata_err e = strata_metrics_write(t->metrics, "\"step\":%ld,\"eval\":\"%s\",\"loss\":%s,\"ppl\":%s,\"baseline\":%s%s",
+                                                step, name, json_num(b1, loss), json_num(b2, exp(loss)),
+                                                json_num(b3, ev->baseline), extra);
+            if (e.code) strata_comm_abort(t->comm, 1, e.msg);
+        }
+    }
+    return 0;
+}
+
+/* Eval baselines travel in the checkpoint as a JSON object. */
+static char *baselines_json(const trainer *t)
+{
+    char *s = malloc(64 + (size_t)STRATA_MAX_EVALS * 96);
+    if (!s) return NULL;
+    int n = sprintf(s, "{\"eval_baselines\":{");
+    for (int i = 0; i < t->cfg->n_evals; i++)
+        if (isfinite(t->evals[i].baseline))
+            n += sprintf(s + n, "%s\"%s\":%.17g", n > 19 ? "," : "", t->cfg->evals[i].name,
+                         t->evals[i].baseline);
+    sprintf(s + n, "}}");
+    return s;
+}
+
+static void read_baselines(trainer *t, const char *json)
+{
+    if (!json) return;
+    for (int i = 0; i < t->cfg->n_evals; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "\"%s\":", t->cfg->evals[i].name);
+        const char *at = strstr(json, key);
+        if (at) t->evals[i].baseline = strtod(at + strlen(key), NULL);
+    }
+}
+
+/* ---- checkpoints ---------------------------------------------------------- */
+
+static void warn_bad_checkpoint(void *ctx, const char *msg)
+{
+    (void)ctx;
+    fprintf(stderr, "strata: warning: %s; trying the previous checkpoint\n", msg);
+}
+
+/* Saves on rank 0 (Adam's moments gathered first under ZeRO); all ranks
+ * learn whether it worked, so a full disk ends the job on every rank. */
+static strata_err save_checkpoint(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    float *m = t->opt.m, *v = t->opt.v;
+    float *full_m = NULL, *full_v = NULL;
+    if (c->train.zero && t->world > 1) {
+        full_m = calloc(t->n_floats, sizeof(float));
+        full_v = calloc(t->n_floats, sizeof(float));
+        if (!full_m || !full_v) strata_comm_abort(t->comm, 1, "out of memory gathering optimizer state");
+        memcpy(full_m + t->opt.begin, t->opt.m, (t->opt.end - t->opt.begin) * sizeof(float));
+        memcpy(full_v + t->opt.begin, t->opt.v, (t->opt.end - t->opt.begin) * sizeof(float));
+        strata_comm_gather_ranges(t->comm, full_m, t->n_floats);
+        strata_comm_gather_ranges(t->comm, full_v, t->n_floats);
+        m = full_m, v = full_v;
+    }
+    strata_err e = strata_ok();
+    char saved[STRATA_PATH_MAX] = "";
+    double t0 = strata_now_seconds();
+    if (t->rank == 0) {
+        t->st.adam_t = t->opt.t;
+        t->st.world_size = t->world;
+        free(t->st.extra_json);
+        t->st.extra_json = baselines_json(t);
+        e = make_dirs(c->checkpoint.dir);
+        if (!e.code)
+            e = strata_ckpt_save(c->checkpoint.dir, t->model, m, v, &t->st, c->checkpoint.keep,
+                                 c->checkpoint.keep_every, saved, sizeof saved);
+    }
+    free(full_m);
+    free(full_v);
+    int failed = strata_comm_agree(t->comm, e.code ? STRATA_AGREE_ERROR : 0);
+    if (failed && !e.code) e = strata_errorf(STRATA_EFAIL, "rank 0 failed to save a checkpoint");
+    if (!e.code) say(t, "saved %s (%.2f s)\n", saved, strata_now_seconds() - t0);
+    t->last_save_time = strata_now_seconds();
+    return e;
+}
+
+/* Refuses a resume whose config changes what cannot change mid-run. */
+static strata_err check_resume_compatible(const trainer *t, const strata_ckpt_state *st, const char *path)
+{
+    const strata_config *c = t->cfg;
+    if (st->seed != c->data.seed)
+        return strata_errorf(STRATA_EINPUT, "%s: [data] seed is %llu but checkpoint %s was made with %llu; "
+                             "a resumed run cannot change it (HINT: resume = never to start over)",
+                             c->path, (unsigned long long)c->data.seed, path, (unsigned long long)st->seed);
+    const char *fp = strata_loader_fingerprint(t->loader);
+    if (st->data_fingerprint && strcmp(st->data_fingerprint, fp) &&
+        !(c->data.follow && !strncmp(fp, st->data_fingerprint, strlen(st->data_fingerprint))))
+        return strata_errorf(STRATA_EINPUT, "%s: [data] new/replay streams differ from those of checkpoint %s "
+                             "(a resumed run cannot change its data; HINT: resume = never to start over)",
+                             c->path, path);
+    /* Keys that define the data order. */
+    static const char *fixed[] = {"global_batch = ", "replay_ratio = ", "seq_len = ", "shuffle_window = "};
+    char *now = strata_config_text(c);
+    for (int i = 0; now && st->config && i < 4; i++) {
+        const char *a = strstr(now, fixed[i]), *b = strstr(st->config, fixed[i]);
+        if (a && b && strcspn(a, "\n") == strcspn(b, "\n") && !strncmp(a, b, strcspn(a, "\n"))) continue;
+        if (!a || !b) continue;
+        strata_err e = strata_errorf(STRATA_EINPUT, "%s: %.*s differs from checkpoint %s (%.*s): a resumed run "
+                                     "cannot change it", c->path, (int)strcspn(a, "\n"), a, path,
+                                     (int)strcspn(b, "\n"), b);
+        free(now);
+        return e;
+    }
+    free(now);
+    return strata_ok();
+}
+
+static strata_err resume(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    const char *mode = c->checkpoint.resume;
+    if (!strcmp(mode, "never")) return strata_ok();
+    float *m = calloc(t->n_floats, sizeof(float)), *v = calloc(t->n_floats, sizeof(float));
+    if (!m || !v) return strata_errorf(STRATA_EFAIL, "out of memory for optimizer state");
+    char path[STRATA_PATH_MAX] = "";
+    strata_ckpt_state st = {0};
+    strata_err e = strata_ok();
+    /* Every rank reads the same file: the result is the same everywhere, so
+     * a bad checkpoint is an error all ranks return alike. */
+    if (!strcmp(mode, "auto"))
+        e = strata_ckpt_load_latest(c->checkpoint.dir, t->model, m, v, &st, path, sizeof path,
+                                    t->rank == 0 ? warn_bad_checkpoint : NULL, NULL);
+    else {
+        snprintf(path, sizeof path, "%s", mode);
+        e = strata_ckpt_load(path, t->model, m, v, &st);
+    }
+    if (!e.code && path[0]) e = check_resume_compatible(t, &st, path);
+    if (e.code || !path[0]) {
+        free(m), free(v);
+        strata_ckpt_state_free(&st);
+        return e;
+    }
+    memcpy(t->opt.m, m + t->opt.begin, (t->opt.end - t->opt.begin) * sizeof(float));
+    memcpy(t->opt.v, v + t->opt.begin, (t->opt.end - t->opt.begin) * sizeof(float));
+    free(m), free(v);
+    t->opt.t = st.adam_t;
+    free(t->st.config), free(t->st.data_fingerprint), free(t->st.extra_json);
+    t->st = st;
+    read_baselines(t, st.extra_json);
+    build_groups(t, st.step);
+    say(t, "resumed from %s at step %ld (%ld tokens seen, saved on %d ranks)\n", path, st.step,
+        st.tokens_seen, st.world_size);
+    return strata_ok();
+}
+
+/* ---- one step ----------------------------------------------------------- */
+
+typedef struct block_ctx {
+    trainer *t;
+} block_ctx;
+
+static void on_block_done(void *ctx, int layer)
+{
+    trainer *t = ((block_ctx *)ctx)->t;
+    size_t from;
+    if (layer < 0) from = 0;
+    else if (layer >= t->L) from = strata_model_find(t->model, "ln_f.weight")->offset;
+    else {
+        size_t end;
+        strata_model_block_range(t->model, layer, &from, &end);
+    }
+    strata_grad_sync_ready(t->sync, from);
+}
+
+/* Adds the anti-forgetting penalties' gradients (already per-token scaled
+ * grads in g): alpha (theta - theta0) for L2-SP, lambda F (theta - theta0)
+ * for EWC. */
+static void add_penalty_grads(trainer *t, float *g, float *p, size_t lo, size_t hi)
+{
+    float alpha = (float)t->cfg->train.l2sp, lambda = (float)t->cfg->train.ewc;
+    if (!t->theta0 || (alpha == 0 && lambda == 0)) return;
+    const float *p0 = t->theta0, *F = t->fisher;
+#pragma omp parallel for schedule(static)
+    for (size_t i = lo; i < hi; i++) {
+        float d = p[i] - p0[i];
+        g[i] += alpha * d + (F ? lambda * F[i] * d : 0.0f);
+    }
+}
+
+/* L1 as a proximal step: soft-threshold each trained weight toward its
+ * anchor (0, or theta0) by lr * lambda, so it can land exactly on it. */
+static void l1_prox(trainer *t, float *p, float lr)
+{
+    float lambda = (float)t->cfg->train.l1;
+    if (lambda == 0) return;
+    for (int gi = 0; gi < t->n_groups; gi++) {
+        const strata_param_group *g = &t->groups[gi];
+        size_t lo = g->begin > t->opt.begin ? g->begin : t->opt.begin;
+        size_t hi = g->end < t->opt.end ? g->end : t->opt.end;
+        if (lo >= hi || g->lr_mult == 0 || !g->decay) continue;
+        float thr = lr * g->lr_mult * lambda;
+#pragma omp parallel for schedule(static)
+        for (size_t i = lo; i < hi; i++) {
+            float a = t->theta0 && t->cfg->train.l1_to_init ? t->theta0[i] : 0.0f;
+            float d = p[i] - a;
+            p[i] = d > thr ? p[i] - thr : d < -thr ? p[i] + thr : a;
+        }
+    }
+}
+
+typedef struct step_stats {
+    double loss, loss_new, loss_replay, grad_norm, lr;
+    double ms, data_ms, comm_ms, hidden;
+    long n_new, n_replay;
+    int skipped;
+} step_stats;
+
+/* Forward and backward over this rank's slots, micro-batch by micro-batch;
+ * only the last micro-batch starts the gradient reduction. */
+static void compute_gradients(trainer *t, const strata_batch *batch, double sums[5])
+{
+    int mb = t->cfg->train.micro_batch, T = t->T, frozen = frozen_blocks_at(t, batch->step);
+    block_ctx ctx = {t};
+    strata_model_zero_grad(t->model);
+    for (int first = 0; first < batch->n; first += mb) {
+        int k = batch->n - first < mb ? batch->n - first : mb;
+        int last = first + k >= batch->n;
+        split_rows(batch->tokens + (size_t)first * (T + 1), k, T, t->inputs, t->targets);
+        strata_model_forward(t->model, t->inputs, t->targets, k, T, t->seq_loss);
+        strata_backward_opts bo = {.loss_scale = 1.0f,
+                                   .first_trainable_block = frozen,
+                                   .embeddings_frozen = t->cfg->train.freeze_embeddings,
+                                   .stop_at_top = t->cfg->train.freeze_all_blocks,
+                                   .on_block_done = last ? on_block_done : NULL,
+                                   .ctx = &ctx};
+        strata_model_backward(t->model, &bo);
+        for (int i = 0; i < k; i++) {
+            int replay = batch->is_replay[first + i];
+            sums[replay ? 2 : 0] += (double)t->seq_loss[i] * T;
+            sums[replay ? 3 : 1] += T;
+        }
+    }
+    if (batch->n == 0) on_block_done(&ctx, -1);
+}
+
+static step_stats train_step(trainer *t, const strata_batch *batch)
+{
+    const strata_config *c = t->cfg;
+    step_stats s = {0};
+    double t0 = strata_now_seconds();
+    /* sums: loss_new, tokens_new, loss_replay, tokens_replay, stop flag */
+    double sums[5] = {0};
+    compute_gradients(t, batch, sums);
+    strata_grad_sync_finish(t->sync, &s.comm_ms, &s.hidden);
+    sums[4] = strata_stop_requested();
+    strata_comm_sum_doubles(t->comm, sums, 5);
+
+    float *g = strata_model_grads(t->model), *p = strata_model_params(t->model);
+    size_t lo = t->opt.begin, hi = t->opt.end;
+    double tokens = sums[1] + sums[3];
+    double sq = strata_sum_squares(g, lo, hi);
+    if (c->train.zero && t->world > 1) strata_comm_sum_doubles(t->comm, &sq, 1);
+    s.grad_norm = sqrt(sq) / tokens;
+    s.loss = (sums[0] + sums[2]) / tokens;
+    s.loss_new = sums[1] > 0 ? sums[0] / sums[1] : NAN;
+    s.loss_replay = sums[3] > 0 ? sums[2] / sums[3] : NAN;
+    s.n_new = (long)sums[1], s.n_replay = (long)sums[3];
+    s.lr = strata_schedule_lr(&t->sched, batch->step);
+
+    /* Sums are identical on every rank, so this decision is agreed. */
+    if (!isfinite(s.loss) || !isfinite(s.grad_norm)) {
+        s.skipped = 1;
+    } else {
+        float clip = 1.0f;
+        if (c->train.grad_clip > 0 && s.grad_norm > c->train.grad_clip)
+            clip = (float)(c->train.grad_clip / (s.grad_norm + 1e-6));
+        float scale = clip / (float)tokens;
+        if (t->theta0 && (c->train.l2sp > 0 || c->train.ewc > 0)) {
+#pragma omp parallel for schedule(static)
+            for (size_t i = lo; i < hi; i++) g[i] *= scale;
+            add_penalty_grads(t, g, p, lo, hi);
+            scale = 1.0f;
+        }
+        strata_adamw_step(&t->opt, p, g, scale, (float)s.lr, t->groups, t->n_groups);
+        l1_prox(t, p, (float)s.lr);
+        strata_grad_sync_allgather_params(t->sync, p);
+    }
+    if (sums[4] > 0) s.ms = -1; /* marker: a stop was requested during the step */
+    double dt = strata_now_seconds() - t0;
+    s.ms = sums[4] > 0 ? -dt * 1e3 : dt * 1e3;
+    return s;
+}
+
+static void log_step(trainer *t, long step, const step_stats *s)
+{
+    const strata_config *c = t->cfg;
+    double ms = fabs(s->ms);
+    double tokens = (double)c->train.global_batch * t->T;
+    double tps = tokens / (ms / 1e3);
+    double mfu = t->peak_gflops > 0 ? tps * t->flops_per_token / (t->peak_gflops * 1e9 * t->world) : NAN;
+    t->step_ms_sum += ms;
+    t->timed_steps++;
+    double eta = (double)(c->train.steps - step) * (t->step_ms_sum / t->timed_steps) / 1e3;
+    if (step % c->log.every && step != c->train.steps) return;
+    say(t, "step %ld/%ld | loss %.4f (new %.4f, replay %.4f) | lr %.2e | norm %.3f | %.0f ms | "
+        "%.0f tok/s | data %.1f ms | comm %.1f ms | ETA %dh%02dm%02ds%s\n",
+        step, c->train.steps, s->loss, s->loss_new, s->loss_replay, s->lr, s->grad_norm, ms, tps,
+        s->data_ms, s->comm_ms, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
+        s->skipped ? " | SKIPPED (non-finite)" : "");
+    if (!t->metrics) return;
+    char b[12][32];
+    strata_err e = strata_metrics_write(
+        t->metrics,
+        "\"step\":%ld,\"tokens\":%ld,\"loss\":%s,\"loss_new\":%s,\"loss_replay\":%s,\"tokens_new\":%ld,"
+        "\"tokens_replay\":%ld,\"lr\":%s,\"grad_norm\":%s,\"ms\":%s,\"tokens_per_s\":%s,\"mfu\":%s,"
+        "\"data_ms\":%s,\"comm_ms\":%s,\"comm_hidden\":%s,\"skipped\":%d",
+        step, t->st.tokens_seen, json_num(b[0], s->loss), json_num(b[1], s->loss_new),
+        json_num(b[2], s->loss_replay), s->n_new, s->n_replay, json_num(b[3], s->lr),
+        json_num(b[4], s->grad_norm), json_num(b[5], ms), json_num(b[6], tps), json_num(b[7], mfu),
+        json_num(b[8], s->data_ms), json_num(b[9], s->comm_ms), json_num(b[10], s->hidden),
+        s->skipped);
+    if (e.code) strata_comm_abort(t->comm, 1, e.msg);
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+static void trainer_free(trainer *t)
+{
+    strata_model_free(t->model);
+    strata_adamw_free(&t->opt);
+    strata_grad_sync_free(t->sync);
+    if (t->loader) strata_loader_close(t->loader);
+    for (int i = 0; i < STRATA_MAX_EVALS; i++)
+        if (t->evals[i].set) strata_evalset_close(t->evals[i].set);
+    strata_metrics_close(t->metrics);
+    free(t->groups), free(t->theta0), free(t->fisher);
+    free(t->inputs), free(t->targets), free(t->seq_loss);
+    strata_ckpt_state_free(&t->st);
+}
+
+static strata_err write_done_marker(const trainer *t, long step)
+{
+    if (t->rank != 0) return strata_ok();
+    char path[STRATA_PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/DONE", t->cfg->checkpoint.dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fprintf(f, "%ld\n", step) < 0 || fclose(f))
+        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", path, strerror(errno));
+    return strata_ok();
+}
+
+static strata_err setup(trainer *t, const strata_config *cfg, strata_comm *comm)
+{
+    t->cfg = cfg;
+    t->comm = comm;
+    t->rank = strata_comm_rank(comm);
+    t->world = strata_comm_size(comm);
+    STRATA_TRY(init_model(t, NULL));
+    STRATA_TRY(init_optimizer(t));
+    STRATA_TRY(init_data(t));
+    t->st.seed = cfg->data.seed;
+    t->st.config = strata_config_text(cfg);
+    t->st.data_fingerprint = strdup(strata_loader_fingerprint(t->loader));
+    STRATA_TRY(resume(t));
+    if (t->rank == 0 && cfg->log.metrics[0])
+        STRATA_TRY(strata_metrics_open(&t->metrics, cfg->log.metrics, t->st.step > 0 ? t->st.step : -1));
+    strata_model_shape shape = *strata_model_get_shape(t->model);
+    t->flops_per_token = strata_flops_per_token(&shape, t->T);
+    t->peak_gflops = strata_sgemm_peak_gflops(512);
+    t->last_save_time = strata_now_seconds();
+    return strata_ok();
+}
+
+static int time_to_save(const trainer *t, long step)
+{
+    const strata_config *c = t->cfg;
+    if (c->checkpoint.every > 0 && step % c->checkpoint.every == 0) return 1;
+    if (c->checkpoint.every_minutes > 0 &&
+        strata_now_seconds() - t->last_save_time >= c->checkpoint.every_minutes * 60)
+        return 1;
+    return 0;
+}
+
+/* The loop proper; returns STRATA_ESTOPPED after a stop and its checkpoint. */
+static strata_err run_loop(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    long step = t->st.step;
+    if (step == 0 && c->n_evals > 0 && evaluate_all(t, 0)) return strata_ok();
+    while (step < c->train.steps) {
+        strata_batch *batch = NULL;
+        int exhausted = 0;
+        double data_ms = 0;
+        strata_err e = strata_loader_get(t->loader, step, &batch, &exhausted, &data_ms);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
+        int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) | (exhausted ? STRATA_AGREE_ERROR : 0);
+        flags = strata_comm_agree(t->comm, flags);
+        if (flags & STRATA_AGREE_ERROR) {
+            say(t, "the new-data stream is used up after step %ld (set [data] wrap or follow to go on)\n", step);
+            break;
+        }
+        if (flags & STRATA_AGREE_STOP) return strata_errorf(STRATA_ESTOPPED, "stopped");
+        build_groups(t, step);
+        step_stats s = train_step(t, batch);
+        s.data_ms = data_ms;
+        step++;
+        t->st.step = step;
+        t->st.tokens_seen += (long)c->train.global_batch * t->T;
+        if (s.skipped) {
+            t->st.skipped_steps++;
+            t->st.bad_in_a_row++;
+        } else {
+            t->st.bad_in_a_row = 0;
+        }
+        log_step(t, step, &s);
+        if (t->st.bad_in_a_row >= c->train.max_bad_steps)
+            return strata_errorf(STRATA_EFAIL, "%d non-finite steps in a row (last at step %ld): stopping; "
+                                 "the last good checkpoint is kept (HINT: lower [train] lr)",
+                                 t->st.bad_in_a_row, step);
+        if (s.ms < 0) return strata_errorf(STRATA_ESTOPPED, "stopped");
+        int want_save = t->rank == 0 && time_to_save(t, step) && !s.skipped;
+        int agreed = strata_comm_agree(t->comm, want_save ? STRATA_AGREE_STOP : 0);
+        if (c->log.eval_every > 0 && step % c->log.eval_every == 0 && step < c->train.steps &&
+            c->n_evals > 0 && evaluate_all(t, step))
+            return strata_errorf(STRATA_ESTOPPED, "stopped");
+        if (agreed && step < c->train.steps) STRATA_TRY(save_checkpoint(t));
+    }
+    if (c->n_evals > 0 && evaluate_all(t, step)) return strata_errorf(STRATA_ESTOPPED, "stopped");
+    STRATA_TRY(save_checkpoint(t));
+    return write_done_marker(t, step);
+}
+
+strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
+{
+    trainer t;
+    memset(&t, 0, sizeof t);
+    strata_stop_install();
+    strata_err e = strata_comm_agree_error(comm, setup(&t, cfg, comm));
+    if (!e.code) {
+        say(&t, "strata: %zu parameters, %d ranks x %d threads, global batch %d x %d tokens, %ld steps\n",
+            strata_model_n_params(t.model), t.world, omp_get_max_threads(), cfg->train.global_batch,
+            t.T, cfg->train.steps);
+        e = run_loop(&t);
+        if (e.code == STRATA_ESTOPPED) {
+            say(&t, "stop requested (signal %d) at step %ld: saving a checkpoint\n", strata_stop_signal(), t.st.step);
+            strata_err se = save_checkpoint(&t);
+            e = se.code ? se : strata_errorf(STRATA_ESTOPPED, "stopped at step %ld after a checkpoint; "
+                                             "run again with resume = auto to continue", t.st.step);
+        }
+    }
+    trainer_free(&t);
+    return e;
+}
+
+strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const char *ckpt_path)
+{
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = cfg, t.comm = comm;
+    t.rank = strata_comm_rank(comm), t.world = strata_comm_size(comm);
+    strata_config local = *cfg;
+    snprintf(local.model.init, sizeof local.model.init, "%s", ckpt_path);
+    local.train.l2sp = local.train.ewc = local.train.l1 = 0;
+    t.cfg = &local;
+    strata_ckpt_state st = {0};
+    strata_err e = strata_comm_agree_error(comm, init_model(&t, &st));
+    for (int i = 0; !e.code && i < cfg->n_evals; i++) {
+        e = strata_evalset_open(&t.evals[i].set, cfg->evals[i].path, cfg->data.seq_len,
+                                cfg->model.vocab_size, cfg->evals[i].max_samples);
+        t.evals[i].baseline = NAN;
+    }
+    if (!e.code && cfg->n_evals == 0)
+        e = strata_errorf(STRATA_EINPUT, "%s: no [eval.NAME] section to evaluate on", cfg->path);
+    if (!e.code) {
+        int mb = cfg->train.micro_batch;
+        t.T = cfg->data.seq_len;
+        t.inputs = malloc((size_t)mb * t.T * sizeof(uint32_t));
+        t.targets = malloc((size_t)mb * t.T * sizeof(uint32_t));
+        e = t.inputs && t.targets ? strata_model_reserve(t.model, mb, t.T)
+                                  : strata_errorf(STRATA_EFAIL, "out of memory");
+    }
+    if (!e.code) {
+        say(&t, "evaluating %s (step %ld)\n", ckpt_path, st.step);
+        if (evaluate_all(&t, st.step)) e = strata_errorf(STRATA_ESTOPPED, "stopped");
+    }
+    strata_ckpt_state_free(&st);
+    trainer_free(&t);
+    return e;
+}
