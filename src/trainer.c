@@ -19,6 +19,7 @@
 #include "strata/perf.h"
 #include "strata/schedule.h"
 #include "strata/stop.h"
+#include "strata/watchdog.h"
 
 typedef struct eval_state {
     strata_evalset *set;
@@ -37,6 +38,7 @@ typedef struct trainer {
     strata_loader *loader;
     eval_state evals[STRATA_MAX_EVALS];
     strata_metrics *metrics;   /* rank 0 only */
+    strata_watchdog *watchdog; /* NULL when [train] step_timeout = 0 */
     strata_param_group *groups;
     int n_groups;
     float *theta0;             /* init weights, for L2-SP, EWC and L1-to-init */
@@ -268,6 +270,7 @@ static int evaluate_all(trainer *t, long step)
     char b1[32], b2[32], b3[32];
     for (int i = 0; i < t->cfg->n_evals; i++) {
         int stopped = 0;
+        strata_watchdog_phase(t->watchdog, step, "evaluation");
         double t0 = strata_now_seconds();
         double loss = evaluate_set(t, t->evals[i].set, &stopped);
         if (stopped) return 1;
@@ -340,6 +343,7 @@ static strata_err save_checkpoint(trainer *t)
         strata_comm_gather_ranges(t->comm, full_v, t->n_floats);
         m = full_m, v = full_v;
     }
+    strata_watchdog_phase(t->watchdog, t->st.step, "checkpoint");
     strata_err e = strata_ok();
     char saved[STRATA_PATH_MAX] = "";
     double t0 = strata_now_seconds();
@@ -529,6 +533,7 @@ static step_stats train_step(trainer *t, const strata_batch *batch)
     /* sums: loss_new, tokens_new, loss_replay, tokens_replay, stop flag */
     double sums[5] = {0};
     compute_gradients(t, batch, sums);
+    strata_watchdog_phase(t->watchdog, batch->step, "gradient reduction");
     strata_grad_sync_finish(t->sync, &s.comm_ms, &s.hidden);
     sums[4] = strata_stop_requested();
     strata_comm_sum_doubles(t->comm, sums, 5);
@@ -669,7 +674,11 @@ static strata_err run_loop(trainer *t)
         strata_batch *batch = NULL;
         int exhausted = 0;
         double data_ms = 0;
+        /* Waiting for new shards with follow is on purpose, not a hang. */
+        if (c->data.follow) strata_watchdog_pause(t->watchdog);
+        else strata_watchdog_phase(t->watchdog, step, "data");
         strata_err e = strata_loader_get(t->loader, step, &batch, &exhausted, &data_ms);
+        strata_watchdog_phase(t->watchdog, step, "step agreement");
         if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
         int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) | (exhausted ? STRATA_AGREE_ERROR : 0);
         flags = strata_comm_agree(t->comm, flags);
@@ -679,7 +688,10 @@ static strata_err run_loop(trainer *t)
         }
         if (flags & STRATA_AGREE_STOP) return strata_errorf(STRATA_ESTOPPED, "stopped");
         build_groups(t, step);
+        strata_watchdog_phase(t->watchdog, step, "forward/backward");
         step_stats s = train_step(t, batch);
+        if (c->train.step_timeout < 0 && t->timed_steps > 0)
+            strata_watchdog_set_timeout(t->watchdog, fmax(300.0, 20.0 * t->step_ms_sum / t->timed_steps / 1e3));
         s.data_ms = data_ms;
         step++;
         t->st.step = step;
@@ -714,6 +726,8 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
     memset(&t, 0, sizeof t);
     strata_stop_install();
     strata_err e = strata_comm_agree_error(comm, setup(&t, cfg, comm));
+    if (!e.code && cfg->train.step_timeout != 0)
+        t.watchdog = strata_watchdog_start(comm, cfg->train.step_timeout > 0 ? cfg->train.step_timeout : 300.0);
     if (!e.code) {
         say(&t, "strata: %zu parameters, %d ranks x %d threads, global batch %d x %d tokens, %ld steps\n",
             strata_model_n_params(t.model), t.world, omp_get_max_threads(), cfg->train.global_batch,
@@ -726,6 +740,7 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
                                              "run again with resume = auto to continue", t.st.step);
         }
     }
+    strata_watchdog_stop(t.watchdog);
     trainer_free(&t);
     return e;
 }

