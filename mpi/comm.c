@@ -181,11 +181,31 @@ void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
 
 /* ---- gradient synchronisation ---------------------------------------- */
 
+/* The sum of the ranks' gradients is formed in one fixed order, a
+ * left-complete binary tree over ranks (split at the largest power of two
+ * below the count), and never by MPI's own reduction, whose order depends
+ * on the algorithm Open MPI picks for the message size and transport. Each
+ * bucket goes in two phases: an all-to-all hands rank r every rank's part
+ * of its shard of the bucket, rank r adds those W parts along the tree, and
+ * (without ZeRO) an all-gather returns the sums to everyone. That moves as
+ * many bytes as a ring all-reduce, and the trainer sums micro-batches along
+ * the same tree, so a run's gradients, and so its parameters, come out
+ * bitwise the same on any number of ranks whenever the micro-batches per
+ * rank are a power of two (one, typically). */
+
+/* Non-blocking collectives must start in the same order on every rank, but
+ * ranks see the first phase end at different moments. So each phase has a
+ * communicator of its own, and second phases start strictly in bucket
+ * order: a bucket whose first phase ended early waits as SCATTERED. */
+enum { BUCKET_IDLE, BUCKET_SCATTERING, BUCKET_SCATTERED, BUCKET_GATHERING, BUCKET_DONE };
+
 typedef struct bucket {
     size_t lo, hi; /* float range of the gradient buffer */
-    int started, done;
+    int state;
     MPI_Request req;
-    int *counts; /* ZeRO: this bucket's part of each rank's shard */
+    int *counts, *displs; /* each rank's shard part of the bucket, offsets from lo */
+    int *recv_counts, *recv_displs;
+    float *parts; /* W x counts[rank]: every rank's part of this rank's share */
 } bucket;
 
 struct strata_grad_sync {
@@ -194,11 +214,53 @@ struct strata_grad_sync {
     size_t n_floats;
     int zero;
     size_t shard_begin, shard_end;
-    float *shard_sum; /* ZeRO: summed gradients of this rank's shard */
-    bucket *buckets;  /* buckets[0] is the end of the buffer */
-    int n_buckets, n_done;
-    double first_start, last_done;
+    bucket *buckets; /* buckets[0] is the end of the buffer */
+    int n_buckets;
+    int next_reduce; /* buckets before this one have been reduced */
+    MPI_Comm scatter_comm, gather_comm;
+    double first_start;
 };
+
+static size_t largest_pow2_below(size_t n)
+{
+    size_t p = 1;
+    while (p * 2 < n) p *= 2;
+    return p;
+}
+
+/* parts[lo] = the tree sum of parts[lo .. hi), each n floats apart. */
+void strata_tree_sum(float *parts, size_t n, int lo, int hi)
+{
+    if (hi - lo < 2) return;
+    int mid = lo + (int)largest_pow2_below((size_t)(hi - lo));
+    strata_tree_sum(parts, n, lo, mid);
+    strata_tree_sum(parts, n, mid, hi);
+    float *a = parts + (size_t)lo * n;
+    const float *b = parts + (size_t)mid * n;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+static strata_err init_bucket(strata_grad_sync *g, bucket *b)
+{
+    strata_comm *c = g->comm;
+    int W = c->size;
+    b->counts = calloc(W, sizeof(int)), b->displs = calloc(W, sizeof(int));
+    b->recv_counts = calloc(W, sizeof(int)), b->recv_displs = calloc(W, sizeof(int));
+    if (!b->counts || !b->displs || !b->recv_counts || !b->recv_displs)
+        return strata_errorf(STRATA_EFAIL, "out of memory");
+    for (int r = 0; r < W; r++) {
+        size_t sb, se;
+        strata_comm_shard(c, g->n_floats, r, &sb, &se);
+        size_t lo = b->lo > sb ? b->lo : sb, hi = b->hi < se ? b->hi : se;
+        b->counts[r] = hi > lo ? (int)(hi - lo) : 0;
+        b->displs[r] = hi > lo ? (int)(lo - b->lo) : 0;
+    }
+    int mine = b->counts[c->rank];
+    for (int r = 0; r < W; r++) b->recv_counts[r] = mine, b->recv_displs[r] = r * mine;
+    b->parts = malloc(((size_t)W * mine + 1) * sizeof(float));
+    return b->parts ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+}
 
 strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float *grads,
                                    size_t n_floats, size_t bucket_bytes, int zero)
@@ -208,75 +270,89 @@ strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float
     g->comm = c, g->grads = grads, g->n_floats = n_floats, g->zero = zero && c->size > 1;
     strata_comm_shard(c, n_floats, c->rank, &g->shard_begin, &g->shard_end);
     if (!g->zero) g->shard_begin = 0, g->shard_end = n_floats;
+    *out = g;
+    if (c->size == 1) return strata_ok();
     size_t per = bucket_bytes / sizeof(float);
     if (per < 1024) per = 1024;
     if (per > (size_t)1 << 30) per = (size_t)1 << 30;
     g->n_buckets = (int)((n_floats + per - 1) / per);
     g->buckets = calloc(g->n_buckets, sizeof *g->buckets);
-    if (!g->buckets) {
-        free(g);
-        return strata_errorf(STRATA_EFAIL, "out of memory");
-    }
+    if (!g->buckets) return strata_errorf(STRATA_EFAIL, "out of memory");
+    check(c, MPI_Comm_dup(MPI_COMM_WORLD, &g->scatter_comm), "communicator duplication");
+    check(c, MPI_Comm_dup(MPI_COMM_WORLD, &g->gather_comm), "communicator duplication");
     for (int i = 0; i < g->n_buckets; i++) {
         bucket *b = &g->buckets[i];
         b->hi = n_floats - (size_t)i * per;
         b->lo = b->hi > per ? b->hi - per : 0;
-        if (g->zero) {
-            b->counts = calloc(c->size, sizeof(int));
-            if (!b->counts) return strata_errorf(STRATA_EFAIL, "out of memory");
-            for (int r = 0; r < c->size; r++) {
-                size_t sb, se;
-                strata_comm_shard(c, n_floats, r, &sb, &se);
-                size_t lo = b->lo > sb ? b->lo : sb, hi = b->hi < se ? b->hi : se;
-                b->counts[r] = hi > lo ? (int)(hi - lo) : 0;
-            }
-        }
+        STRATA_TRY(init_bucket(g, b));
     }
-    if (g->zero) {
-        g->shard_sum = malloc((g->shard_end - g->shard_begin + 1) * sizeof(float));
-        if (!g->shard_sum) return strata_errorf(STRATA_EFAIL, "out of memory");
-    }
-    *out = g;
     return strata_ok();
 }
 
 void strata_grad_sync_free(strata_grad_sync *g)
 {
     if (!g) return;
-    for (int i = 0; i < g->n_buckets; i++) free(g->buckets[i].counts);
+    for (int i = 0; i < g->n_buckets; i++) {
+        bucket *b = &g->buckets[i];
+        free(b->counts), free(b->displs), free(b->recv_counts), free(b->recv_displs);
+        free(b->parts);
+    }
+    if (g->buckets) {
+        MPI_Comm_free(&g->scatter_comm);
+        MPI_Comm_free(&g->gather_comm);
+    }
     free(g->buckets);
-    free(g->shard_sum);
     free(g);
 }
 
 static void start_bucket(strata_grad_sync *g, bucket *b)
 {
-    strata_comm *c = g->comm;
-    if (g->n_done == 0 && !g->first_start) g->first_start = MPI_Wtime();
-    b->started = 1;
-    if (!g->zero) {
-        check(c, MPI_Iallreduce(MPI_IN_PLACE, g->grads + b->lo, (int)(b->hi - b->lo), MPI_FLOAT,
-                                MPI_SUM, MPI_COMM_WORLD, &b->req), "gradient all-reduce");
-        return;
-    }
-    size_t lo = b->lo > g->shard_begin ? b->lo : g->shard_begin;
-    float *recv = g->shard_sum + (lo < g->shard_end ? lo - g->shard_begin : 0);
-    check(c, MPI_Ireduce_scatter(g->grads + b->lo, recv, b->counts, MPI_FLOAT, MPI_SUM,
-                                 MPI_COMM_WORLD, &b->req), "gradient reduce-scatter");
+    if (!g->first_start) g->first_start = MPI_Wtime();
+    b->state = BUCKET_SCATTERING;
+    check(g->comm,
+          MPI_Ialltoallv(g->grads + b->lo, b->counts, b->displs, MPI_FLOAT, b->parts,
+                         b->recv_counts, b->recv_displs, MPI_FLOAT, g->scatter_comm, &b->req),
+          "gradient all-to-all");
 }
 
-static void poll_buckets(strata_grad_sync *g)
+/* Phase one done: add the parts along the tree, then share the sums. */
+static void reduce_bucket(strata_grad_sync *g, bucket *b)
+{
+    strata_comm *c = g->comm;
+    int mine = b->counts[c->rank];
+    strata_tree_sum(b->parts, (size_t)mine, 0, c->size);
+    memcpy(g->grads + b->lo + b->displs[c->rank], b->parts, (size_t)mine * sizeof(float));
+    if (g->zero) {
+        b->state = BUCKET_DONE;
+        return;
+    }
+    b->state = BUCKET_GATHERING;
+    check(c,
+          MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, g->grads + b->lo, b->counts, b->displs,
+                          MPI_FLOAT, g->gather_comm, &b->req),
+          "gradient all-gather");
+}
+
+static int request_done(strata_grad_sync *g, bucket *b, int block)
+{
+    int flag = 1;
+    if (block) check(g->comm, MPI_Wait(&b->req, MPI_STATUS_IGNORE), "gradient reduction");
+    else check(g->comm, MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE), "gradient reduction");
+    return flag;
+}
+
+/* Drives every bucket in flight; with block, until all are done. */
+static void advance_all(strata_grad_sync *g, int block)
 {
     for (int i = 0; i < g->n_buckets; i++) {
         bucket *b = &g->buckets[i];
-        if (!b->started || b->done) continue;
-        int flag = 0;
-        check(g->comm, MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE), "gradient reduction");
-        if (flag) {
-            b->done = 1;
-            g->n_done++;
-            g->last_done = MPI_Wtime();
+        if (b->state == BUCKET_SCATTERING && request_done(g, b, block)) b->state = BUCKET_SCATTERED;
+        if (b->state == BUCKET_SCATTERED && i == g->next_reduce) {
+            reduce_bucket(g, b);
+            g->next_reduce++;
         }
+        if (b->state == BUCKET_GATHERING && request_done(g, b, block)) b->state = BUCKET_DONE;
+        if (!block && b->state == BUCKET_IDLE) break; /* later buckets are not started yet */
     }
 }
 
@@ -284,8 +360,9 @@ void strata_grad_sync_ready(strata_grad_sync *g, size_t ready_from)
 {
     if (g->comm->size == 1) return;
     for (int i = 0; i < g->n_buckets; i++)
-        if (!g->buckets[i].started && g->buckets[i].lo >= ready_from) start_bucket(g, &g->buckets[i]);
-    poll_buckets(g);
+        if (g->buckets[i].state == BUCKET_IDLE && g->buckets[i].lo >= ready_from)
+            start_bucket(g, &g->buckets[i]);
+    advance_all(g, 0);
 }
 
 void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hidden_fraction)
@@ -295,22 +372,14 @@ void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hi
     if (g->comm->size == 1) return;
     double t0 = MPI_Wtime();
     for (int i = 0; i < g->n_buckets; i++)
-        if (!g->buckets[i].started) start_bucket(g, &g->buckets[i]);
-    for (int i = 0; i < g->n_buckets; i++) {
-        bucket *b = &g->buckets[i];
-        if (!b->done)
-            check(g->comm, MPI_Wait(&b->req, MPI_STATUS_IGNORE), "gradient reduction");
-        b->done = b->started = 0;
-    }
-    double t1 = MPI_Wtime();
-    double span = t1 - g->first_start;
+        if (g->buckets[i].state == BUCKET_IDLE) start_bucket(g, &g->buckets[i]);
+    advance_all(g, 1);
+    for (int i = 0; i < g->n_buckets; i++) g->buckets[i].state = BUCKET_IDLE;
+    g->next_reduce = 0;
+    double t1 = MPI_Wtime(), span = t1 - g->first_start;
     *exposed_ms = (t1 - t0) * 1e3;
     *hidden_fraction = span > 0 ? 1.0 - (t1 - t0) / span : 1.0;
-    g->n_done = 0;
     g->first_start = 0;
-    if (g->zero)
-        memcpy(g->grads + g->shard_begin, g->shard_sum,
-               (g->shard_end - g->shard_begin) * sizeof(float));
 }
 
 void strata_grad_sync_allgather_params(strata_grad_sync *g, float *params)

@@ -258,6 +258,7 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
     int V = m->shape.vocab_size, Vp = m->shape.padded_vocab, BT = B * T;
     /* The caller reserved at least this size; a smaller batch reuses the arena
      * only when it has the same T (the layout depends on T). */
+    if (T > m->shape.block_size || B < 1 || T < 1) return NAN;
     if (B != m->B || T != m->T) {
         strata_err e = alloc_arena(m, B, T);
         if (e.code) return NAN;

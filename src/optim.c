@@ -41,14 +41,17 @@ void strata_adamw_step(strata_adamw *opt, float *params, const float *grads, flo
         const float glr = lr * groups[g].lr_mult;
         const float decay = groups[g].decay ? 1.0f - glr * opt->cfg.weight_decay : 1.0f;
         const float step_size = glr / bc1;
-        float *m = opt->m - opt->begin, *v = opt->v - opt->begin;
+        /* m and v hold [opt->begin, opt->end): index them from there (a
+         * pointer moved before an array's start is undefined behaviour). */
+        float *m = opt->m, *v = opt->v;
+        const size_t ob = opt->begin;
 #pragma omp parallel for schedule(static)
         for (size_t i = lo; i < hi; i++) {
             float gr = grads[i] * grad_scale;
             float p = params[i] * decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * gr;
-            v[i] = b2 * v[i] + (1.0f - b2) * gr * gr;
-            params[i] = p - step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+            m[i - ob] = b1 * m[i - ob] + (1.0f - b1) * gr;
+            v[i - ob] = b2 * v[i - ob] + (1.0f - b2) * gr * gr;
+            params[i] = p - step_size * m[i - ob] / (sqrtf(v[i - ob]) / bc2_sqrt + eps);
         }
     }
 }

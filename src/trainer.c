@@ -119,6 +119,10 @@ static void build_groups(trainer *t, long step)
         int is_embedding = ts->name[0] == 'w';
         if (ts->layer >= 0 && ts->layer < frozen) g->lr_mult = 0;
         if (is_embedding && c->train.freeze_embeddings) g->lr_mult = 0;
+        /* Backprop stops at the lowest trainable block, so below it the
+         * embeddings get no gradient: freeze them rather than let weight
+         * decay alone shrink them. */
+        if (is_embedding && frozen > 0 && !c->train.freeze_all_blocks) g->lr_mult = 0;
         /* Feature extraction trains ln_f and the tied wte/lm head only. */
         if (c->train.freeze_all_blocks && !strcmp(ts->name, "wpe.weight")) g->lr_mult = 0;
     }
@@ -437,23 +441,81 @@ static strata_err resume(trainer *t)
 
 /* ---- one step ----------------------------------------------------------- */
 
-typedef struct block_ctx {
+/* Micro-batch gradients are added along the same left-complete tree as the
+ * ranks' (strata_tree_sum), streaming: each finished micro-batch merges with
+ * the pending partial sum of its own size, like a binary counter. Partial
+ * sums wait in `pending`, largest first; the last micro-batch folds them in
+ * block by block as backward finishes each block, so the gradient
+ * reduction still starts early. */
+typedef struct partial_sum {
+    float *buf;
+    int leaves;
+} partial_sum;
+
+typedef struct accumulation {
     trainer *t;
-} block_ctx;
+    partial_sum pending[32];
+    int n_pending;
+    size_t folded_from; /* the last micro-batch: grads[folded_from, end) are final */
+} accumulation;
+
+static float *spare_buffers[32]; /* reused across steps; one per depth */
+
+static float *acquire_buffer(trainer *t, int depth)
+{
+    if (!spare_buffers[depth]) {
+        spare_buffers[depth] = malloc(t->n_floats * sizeof(float));
+        if (!spare_buffers[depth]) strata_comm_abort(t->comm, 1, "out of memory for gradient accumulation");
+    }
+    return spare_buffers[depth];
+}
+
+/* grads holds a finished micro-batch that is not the last: merge or keep it. */
+static void push_micro_batch(accumulation *a)
+{
+    trainer *t = a->t;
+    const float *g = strata_model_grads(t->model);
+    size_t n = t->n_floats;
+    partial_sum cur = {NULL, 1};
+    while (a->n_pending && a->pending[a->n_pending - 1].leaves == cur.leaves) {
+        partial_sum *top = &a->pending[a->n_pending - 1];
+        const float *right = cur.buf ? cur.buf : g;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) top->buf[i] += right[i];
+        cur = (partial_sum){top->buf, top->leaves * 2};
+        a->n_pending--;
+    }
+    if (!cur.buf) {
+        cur.buf = acquire_buffer(t, a->n_pending);
+        memcpy(cur.buf, g, n * sizeof(float));
+    }
+    a->pending[a->n_pending++] = cur;
+}
+
+/* The last micro-batch: grads[from, folded_from) are final in it; add the
+ * pending sums there, smallest first (the tree's right spine). */
+static void fold_range(accumulation *a, size_t from)
+{
+    float *g = strata_model_grads(a->t->model);
+    for (int d = a->n_pending - 1; d >= 0; d--) {
+        const float *left = a->pending[d].buf;
+#pragma omp parallel for schedule(static)
+        for (size_t i = from; i < a->folded_from; i++) g[i] = left[i] + g[i];
+    }
+    a->folded_from = from;
+}
 
 static void on_block_done(void *ctx, int layer)
 {
-    trainer *t = ((block_ctx *)ctx)->t;
-    size_t from;
+    accumulation *a = ctx;
+    trainer *t = a->t;
+    size_t from, end;
     if (layer < 0) from = 0;
     else if (layer >= t->L) from = strata_model_find(t->model, "ln_f.weight")->offset;
-    else {
-        size_t end;
-        strata_model_block_range(t->model, layer, &from, &end);
-    }
+    else strata_model_block_range(t->model, layer, &from, &end);
+    if (from < a->folded_from) fold_range(a, from);
     strata_grad_sync_ready(t->sync, from);
 }
-
 /* Adds the anti-forgetting penalties' gradients (already per-token scaled
  * grads in g): alpha (theta - theta0) for L2-SP, lambda F (theta - theta0)
  * for EWC. */
@@ -502,11 +564,11 @@ typedef struct step_stats {
 static void compute_gradients(trainer *t, const strata_batch *batch, double sums[5])
 {
     int mb = t->cfg->train.micro_batch, T = t->T, frozen = frozen_blocks_at(t, batch->step);
-    block_ctx ctx = {t};
-    strata_model_zero_grad(t->model);
+    accumulation acc = {.t = t, .folded_from = t->n_floats};
     for (int first = 0; first < batch->n; first += mb) {
         int k = batch->n - first < mb ? batch->n - first : mb;
         int last = first + k >= batch->n;
+        strata_model_zero_grad(t->model);
         split_rows(batch->tokens + (size_t)first * (T + 1), k, T, t->inputs, t->targets);
         strata_model_forward(t->model, t->inputs, t->targets, k, T, t->seq_loss);
         strata_backward_opts bo = {.loss_scale = 1.0f,
@@ -514,15 +576,19 @@ static void compute_gradients(trainer *t, const strata_batch *batch, double sums
                                    .embeddings_frozen = t->cfg->train.freeze_embeddings,
                                    .stop_at_top = t->cfg->train.freeze_all_blocks,
                                    .on_block_done = last ? on_block_done : NULL,
-                                   .ctx = &ctx};
+                                   .ctx = &acc};
         strata_model_backward(t->model, &bo);
+        if (!last) push_micro_batch(&acc);
         for (int i = 0; i < k; i++) {
             int replay = batch->is_replay[first + i];
             sums[replay ? 2 : 0] += (double)t->seq_loss[i] * T;
             sums[replay ? 3 : 1] += T;
         }
     }
-    if (batch->n == 0) on_block_done(&ctx, -1);
+    if (batch->n == 0) {
+        strata_model_zero_grad(t->model);
+        on_block_done(&acc, -1);
+    }
 }
 
 static step_stats train_step(trainer *t, const strata_batch *batch)

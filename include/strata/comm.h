@@ -80,4 +80,11 @@ void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hi
 void strata_grad_sync_allgather_params(strata_grad_sync *g, float *params);
 void strata_grad_sync_shard(const strata_grad_sync *g, size_t *begin, size_t *end);
 
+/* The one order in which strata adds gradients: parts[lo] becomes the sum of
+ * parts[lo .. hi) (each n floats), along a left-complete binary tree (split
+ * at the largest power of two below the count). Ranks are added this way,
+ * and micro-batches within a rank too, so the order of a global batch's
+ * sum does not depend on how it is cut across ranks. */
+void strata_tree_sum(float *parts, size_t n, int lo, int hi);
+
 #endif
