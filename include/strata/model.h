@@ -93,6 +93,17 @@ typedef struct strata_backward_opts {
 } strata_backward_opts;
 void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
 
+/* Dropout for the following forward passes, as GPT-2 has it: on the
+ * embedding sum, the attention probabilities and the output of each
+ * residual branch (attn.c_proj, mlp.c_proj), with inverted scaling 1/(1-p).
+ * The keep/drop decision of every element is a pure function of (seed,
+ * step, sample_ids[b], layer, site, position), so a resumed run and a run on
+ * any number of ranks draw the same masks; sample_ids (B) name each row of
+ * the batch globally (its slot in the global batch). p = 0 turns dropout off
+ * (evaluation); backward reuses the forward's masks. */
+void strata_model_set_dropout(strata_model *m, float p, uint64_t seed, long step,
+                              const int64_t *sample_ids);
+
 void strata_model_zero_grad(strata_model *m);
 /* Logits of the last forward, (B, T, padded_vocab); valid when targets were NULL. */
 const float *strata_model_logits(const strata_model *m);

@@ -68,5 +68,7 @@ int64_t strata_shard_writer_tokens(const strata_shard_writer *w);
 /* Flushes, writes /doc_offsets, closes, and frees w (also on error). The file
  * is written under a temporary name and renamed into place on success. */
 strata_err strata_shard_writer_close(strata_shard_writer *w);
+/* Drops a half-written shard: removes the temporary file, frees w. */
+void strata_shard_writer_abort(strata_shard_writer *w);
 
 #endif

