@@ -74,8 +74,8 @@ static int run_with_config(const char *cmd, int argc, char **argv)
         e.msg[0] = 0; /* every rank read the same file: rank 0 tells */
     }
     if (e.code && e.msg[0]) {
-        if (e.code == STRATA_ESTOPPED) fprintf(stderr, "strata %s: %s\n", cmd, e.msg);
-        else strata_cli_fail(cmd, e);
+        if (e.code != STRATA_ESTOPPED) strata_cli_fail(cmd, e);
+        else if (strata_comm_rank(comm) == 0) fprintf(stderr, "strata %s: %s\n", cmd, e.msg);
     }
     fflush(stdout);
     strata_comm_finalize(comm);

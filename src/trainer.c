@@ -45,10 +45,13 @@ typedef struct trainer {
     float *fisher;             /* EWC's diagonal Fisher, model layout */
     uint32_t *inputs, *targets;
     float *seq_loss;
+    int slot_begin;            /* this rank's first slot in the global batch */
+    int64_t *slot_ids;         /* (micro_batch) global slots of a micro-batch, for dropout */
     strata_schedule sched;
     strata_ckpt_state st;
     double peak_gflops, flops_per_token;
     double last_save_time;
+    long last_saved_step;      /* -1 until this run saved */
     double step_ms_sum, tokens_per_s_sum;
     long timed_steps;
 } trainer;
@@ -199,6 +202,7 @@ static strata_err init_data(trainer *t)
     lc.global_batch = c->train.global_batch;
     lc.slot_begin = (int)((long)t->rank * c->train.global_batch / t->world);
     lc.slot_end = (int)((long)(t->rank + 1) * c->train.global_batch / t->world);
+    t->slot_begin = lc.slot_begin;
     lc.follow = c->data.follow;
     lc.follow_timeout_s = c->data.follow_timeout;
     lc.wrap = c->data.wrap;
@@ -219,7 +223,8 @@ static strata_err init_data(trainer *t)
     t->inputs = malloc((size_t)mb * T * sizeof(uint32_t));
     t->targets = malloc((size_t)mb * T * sizeof(uint32_t));
     t->seq_loss = malloc((size_t)mb * sizeof(float));
-    if (!t->inputs || !t->targets || !t->seq_loss) return strata_errorf(STRATA_EFAIL, "out of memory");
+    t->slot_ids = malloc((size_t)mb * sizeof(int64_t));
+    if (!t->inputs || !t->targets || !t->seq_loss || !t->slot_ids) return strata_errorf(STRATA_EFAIL, "out of memory");
     return strata_model_reserve(t->model, mb, T);
 }
 
@@ -259,6 +264,7 @@ static double evaluate_set(trainer *t, strata_evalset *set, int *stopped)
         strata_err e = strata_evalset_read(set, first, k, rows);
         if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
         split_rows(rows, k, T, t->inputs, t->targets);
+        strata_model_set_dropout(t->model, 0.0f, 0, 0, NULL);
         float loss = strata_model_forward(t->model, t->inputs, t->targets, k, T, NULL);
         sums[0] += (double)loss * k * T;
         sums[1] += (double)k * T;
@@ -367,6 +373,7 @@ static strata_err save_checkpoint(trainer *t)
     if (failed && !e.code) e = strata_errorf(STRATA_EFAIL, "rank 0 failed to save a checkpoint");
     if (!e.code) say(t, "saved %s (%.2f s)\n", saved, strata_now_seconds() - t0);
     t->last_save_time = strata_now_seconds();
+    if (!e.code) t->last_saved_step = t->st.step;
     return e;
 }
 
@@ -570,6 +577,9 @@ static void compute_gradients(trainer *t, const strata_batch *batch, double sums
         int last = first + k >= batch->n;
         strata_model_zero_grad(t->model);
         split_rows(batch->tokens + (size_t)first * (T + 1), k, T, t->inputs, t->targets);
+        for (int i = 0; i < k; i++) t->slot_ids[i] = t->slot_begin + first + i;
+        strata_model_set_dropout(t->model, (float)t->cfg->model.dropout, t->cfg->data.seed,
+                                 batch->step, t->slot_ids);
         strata_model_forward(t->model, t->inputs, t->targets, k, T, t->seq_loss);
         strata_backward_opts bo = {.loss_scale = 1.0f,
                                    .first_trainable_block = frozen,
@@ -683,7 +693,7 @@ static void trainer_free(trainer *t)
         if (t->evals[i].set) strata_evalset_close(t->evals[i].set);
     strata_metrics_close(t->metrics);
     free(t->groups), free(t->theta0), free(t->fisher);
-    free(t->inputs), free(t->targets), free(t->seq_loss);
+    free(t->inputs), free(t->targets), free(t->seq_loss), free(t->slot_ids);
     strata_ckpt_state_free(&t->st);
 }
 
@@ -717,6 +727,7 @@ static strata_err setup(trainer *t, const strata_config *cfg, strata_comm *comm)
     t->flops_per_token = strata_flops_per_token(&shape, t->T);
     t->peak_gflops = strata_sgemm_peak_gflops(512);
     t->last_save_time = strata_now_seconds();
+    t->last_saved_step = t->st.step > 0 ? t->st.step : -1; /* resumed: that one exists */
     return strata_ok();
 }
 
@@ -801,7 +812,7 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
         e = run_loop(&t);
         if (e.code == STRATA_ESTOPPED) {
             say(&t, "stop requested (signal %d) at step %ld: saving a checkpoint\n", strata_stop_signal(), t.st.step);
-            strata_err se = save_checkpoint(&t);
+            strata_err se = t.last_saved_step == t.st.step ? strata_ok() : save_checkpoint(&t);
             e = se.code ? se : strata_errorf(STRATA_ESTOPPED, "stopped at step %ld after a checkpoint; "
                                              "run again with resume = auto to continue", t.st.step);
         }
