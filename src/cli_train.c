@@ -176,3 +176,34 @@ int strata_cli_bench(int argc, char **argv)
     strata_model_free(m);
     return 0;
 }
+
+int strata_cli_fisher(int argc, char **argv)
+{
+    const char *config = NULL, *out = NULL;
+    long samples = 256;
+    char *sets[256];
+    int n_sets = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--config") && val) config = val, i++;
+        else if (!strcmp(argv[i], "--out") && val) out = val, i++;
+        else if (!strcmp(argv[i], "--samples") && val && atol(val) > 0) samples = atol(val), i++;
+        else if (!strcmp(argv[i], "--set") && val && n_sets < 256) sets[n_sets++] = argv[++i];
+        else
+            return strata_cli_fail("fisher", strata_errorf(STRATA_EINPUT, "unexpected argument '%s' (usage: "
+                                   "strata fisher --config FILE.ini --out FISHER.h5 [--samples N])", argv[i]));
+    }
+    if (!config || !out)
+        return strata_cli_fail("fisher", strata_errorf(STRATA_EINPUT, "missing --config or --out"));
+    strata_comm *comm;
+    strata_err e = strata_comm_init(&argc, &argv, &comm);
+    if (e.code) return strata_cli_fail("fisher", e);
+    choose_threads(comm);
+    strata_config cfg;
+    e = strata_config_load(&cfg, config, sets, n_sets);
+    if (!e.code) e = strata_fisher_run(&cfg, comm, out, samples);
+    else if (strata_comm_rank(comm) != 0) e.msg[0] = 0;
+    if (e.code && e.msg[0]) strata_cli_fail("fisher", e);
+    strata_comm_finalize(comm);
+    return e.code;
+}

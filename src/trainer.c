@@ -132,6 +132,25 @@ static void build_groups(trainer *t, long step)
     t->n_groups = n;
 }
 
+/* EWC's Fisher file has the checkpoint layout: read it into a scratch model. */
+static strata_err load_fisher(trainer *t)
+{
+    const strata_config *c = t->cfg;
+    if (!c->train.fisher[0])
+        return strata_errorf(STRATA_EINPUT, "%s: [train] ewc is %g but [train] fisher is not set "
+                             "(HINT: strata fisher --config ... --out fisher.h5)", c->path, c->train.ewc);
+    strata_model *scratch;
+    STRATA_TRY(strata_model_create(&scratch, strata_model_get_shape(t->model)));
+    strata_err e = strata_ckpt_load(c->train.fisher, scratch, NULL, NULL, NULL);
+    if (!e.code) {
+        t->fisher = malloc(t->n_floats * sizeof(float));
+        if (t->fisher) memcpy(t->fisher, strata_model_params(scratch), t->n_floats * sizeof(float));
+        else e = strata_errorf(STRATA_EFAIL, "out of memory for the Fisher");
+    }
+    strata_model_free(scratch);
+    return e;
+}
+
 static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
 {
     const strata_config *c = t->cfg;
@@ -163,6 +182,7 @@ static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
         if (!t->theta0) return strata_errorf(STRATA_EFAIL, "out of memory for init weights");
         memcpy(t->theta0, strata_model_params(t->model), t->n_floats * sizeof(float));
     }
+    if (c->train.ewc > 0) STRATA_TRY(load_fisher(t));
     t->groups = calloc(strata_model_n_tensors(t->model), sizeof *t->groups);
     if (!t->groups) return strata_errorf(STRATA_EFAIL, "out of memory");
     build_groups(t, 0);
@@ -854,6 +874,78 @@ strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const ch
         if (evaluate_all(&t, st.step)) e = strata_errorf(STRATA_ESTOPPED, "stopped");
     }
     strata_ckpt_state_free(&st);
+    trainer_free(&t);
+    return e;
+}
+
+/* Per-sequence squared gradients, summed into fisher (n_floats). */
+static void accumulate_fisher(trainer *t, strata_evalset *set, long lo, long hi, float *fisher)
+{
+    int T = t->T;
+    uint32_t *row = malloc((size_t)(T + 1) * sizeof(uint32_t));
+    if (!row) strata_comm_abort(t->comm, 1, "out of memory");
+    float *g = strata_model_grads(t->model);
+    strata_backward_opts bo = {.loss_scale = 1.0f / T};
+    for (long i = lo; i < hi; i++) {
+        strata_err e = strata_evalset_read(set, i, 1, row);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
+        split_rows(row, 1, T, t->inputs, t->targets);
+        strata_model_zero_grad(t->model);
+        strata_model_set_dropout(t->model, 0.0f, 0, 0, NULL);
+        strata_model_forward(t->model, t->inputs, t->targets, 1, T, NULL);
+        strata_model_backward(t->model, &bo);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < t->n_floats; k++) fisher[k] += g[k] * g[k];
+    }
+    free(row);
+}
+
+strata_err strata_fisher_run(const strata_config *cfg, strata_comm *comm, const char *out_path,
+                             long n_samples)
+{
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = cfg, t.comm = comm;
+    t.rank = strata_comm_rank(comm), t.world = strata_comm_size(comm);
+    strata_config local = *cfg;
+    local.train.l2sp = local.train.ewc = local.train.l1 = 0;
+    t.cfg = &local;
+    const char *source = cfg->data.n_replay ? cfg->data.replay[0].path : cfg->data.new_path;
+    strata_evalset *set = NULL;
+    float *fisher = NULL;
+    strata_err e = strata_comm_agree_error(comm, init_model(&t, NULL));
+    if (!e.code) e = strata_evalset_open(&set, source, cfg->data.seq_len, cfg->model.vocab_size, n_samples);
+    if (!e.code) {
+        t.T = cfg->data.seq_len;
+        t.inputs = malloc((size_t)t.T * sizeof(uint32_t));
+        t.targets = malloc((size_t)t.T * sizeof(uint32_t));
+        fisher = calloc(t.n_floats, sizeof(float));
+        e = t.inputs && t.targets && fisher ? strata_model_reserve(t.model, 1, t.T)
+                                            : strata_errorf(STRATA_EFAIL, "out of memory");
+    }
+    if (!e.code) {
+        long n = strata_evalset_n_samples(set);
+        accumulate_fisher(&t, set, n * t.rank / t.world, n * (t.rank + 1) / t.world, fisher);
+        /* Sum across ranks in double, chunk by chunk, then average. */
+        enum { CHUNK = 1 << 20 };
+        double *buf = malloc(CHUNK * sizeof(double));
+        if (!buf) strata_comm_abort(comm, 1, "out of memory");
+        for (size_t lo = 0; lo < t.n_floats; lo += CHUNK) {
+            size_t m = t.n_floats - lo < CHUNK ? t.n_floats - lo : CHUNK;
+            for (size_t k = 0; k < m; k++) buf[k] = fisher[lo + k];
+            strata_comm_sum_doubles(comm, buf, (int)m);
+            for (size_t k = 0; k < m; k++) fisher[lo + k] = (float)(buf[k] / (double)n);
+        }
+        free(buf);
+        if (t.rank == 0) {
+            memcpy(strata_model_params(t.model), fisher, t.n_floats * sizeof(float));
+            e = strata_ckpt_write(out_path, t.model, NULL, NULL, NULL);
+            if (!e.code) say(&t, "wrote %s: diagonal Fisher over %ld sequences of %s\n", out_path, n, source);
+        }
+        e = strata_comm_agree_error(comm, e);
+    }
+    if (set) strata_evalset_close(set);
+    free(fisher);
     trainer_free(&t);
     return e;
 }

@@ -26,4 +26,13 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm);
  * line per set (and writes them to the metrics file when one is set). */
 strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const char *ckpt_path);
 
+/* EWC's diagonal Fisher: for each of n_samples sequences of the first
+ * replay source (the old data; [data] new when there is none), the squared
+ * gradient of that sequence's mean loss, averaged over the sequences (the
+ * ranks split them). Written to out_path in the checkpoint format: its
+ * /model/<name> tensors hold F. [train] ewc with [train] fisher = out_path
+ * uses it. */
+strata_err strata_fisher_run(const strata_config *cfg, strata_comm *comm, const char *out_path,
+                             long n_samples);
+
 #endif
