@@ -353,7 +353,7 @@ static void read_baselines(trainer *t, const char *json)
 static void warn_bad_checkpoint(void *ctx, const char *msg)
 {
     (void)ctx;
-    fprintf(stderr, "strata: warning: %s; trying the previous checkpoint\n", msg);
+    fprintf(stderr, "strata: warning: %s\n", msg);
 }
 
 /* Saves on rank 0 (Adam's moments gathered first under ZeRO); all ranks
