@@ -13,6 +13,7 @@
 #include "strata/optim.h"
 #include "strata/perf.h"
 #include "strata/rng.h"
+#include "strata/stop.h"
 #include "strata/trainer.h"
 
 typedef struct run_args {
@@ -59,6 +60,8 @@ static void choose_threads(const strata_comm *c)
 static int run_with_config(const char *cmd, int argc, char **argv)
 {
     run_args a;
+    /* Before MPI starts: a signal during start-up must not kill a rank. */
+    strata_stop_install();
     strata_err e = parse_args(cmd, argc, argv, &a);
     if (e.code) return strata_cli_fail(cmd, e);
     strata_comm *comm;

@@ -717,14 +717,23 @@ static void trainer_free(trainer *t)
     strata_ckpt_state_free(&t->st);
 }
 
+/* The campaign's end, for slurm/: DONE holds "FINAL_STEP TARGET_STEPS",
+ * replaced atomically like `latest`. */
 static strata_err write_done_marker(const trainer *t, long step)
 {
     if (t->rank != 0) return strata_ok();
-    char path[STRATA_PATH_MAX + 8];
+    char path[STRATA_PATH_MAX + 8], tmp[STRATA_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/DONE", t->cfg->checkpoint.dir);
-    FILE *f = fopen(path, "w");
-    if (!f || fprintf(f, "%ld\n", step) < 0 || fclose(f))
-        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", path, strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s/.DONE.tmp-%d", t->cfg->checkpoint.dir, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fprintf(f, "%ld %ld\n", step, t->cfg->train.steps) > 0 && fflush(f) == 0 &&
+             fsync(fileno(f)) == 0;
+    if (f && fclose(f)) ok = 0;
+    if (!ok || rename(tmp, path)) {
+        int err = errno;
+        unlink(tmp);
+        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", path, strerror(err));
+    }
     return strata_ok();
 }
 
@@ -812,6 +821,8 @@ static strata_err run_loop(trainer *t)
             return strata_errorf(STRATA_ESTOPPED, "stopped");
         if (agreed && step < c->train.steps) STRATA_TRY(save_checkpoint(t));
     }
+    /* A resumed run with nothing left to do only confirms DONE. */
+    if (t->last_saved_step == step) return write_done_marker(t, step);
     if (c->n_evals > 0 && evaluate_all(t, step)) return strata_errorf(STRATA_ESTOPPED, "stopped");
     STRATA_TRY(save_checkpoint(t));
     return write_done_marker(t, step);
@@ -821,7 +832,6 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
 {
     trainer t;
     memset(&t, 0, sizeof t);
-    strata_stop_install();
     strata_err e = strata_comm_agree_error(comm, setup(&t, cfg, comm));
     if (!e.code && cfg->train.step_timeout != 0)
         t.watchdog = strata_watchdog_start(comm, cfg->train.step_timeout > 0 ? cfg->train.step_timeout : 300.0);
