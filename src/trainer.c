@@ -52,6 +52,7 @@ typedef struct trainer {
     double peak_gflops, flops_per_token;
     double last_save_time;
     long last_saved_step;      /* -1 until this run saved */
+    double train_peak_rss;     /* max over ranks, before the final save */
     double step_ms_sum, tokens_per_s_sum;
     long timed_steps;
 } trainer;
@@ -737,6 +738,22 @@ static strata_err write_done_marker(const trainer *t, long step)
     return strata_ok();
 }
 
+/* What this rank holds, so ZeRO-1's saving is visible: Adam's state is
+ * (end - begin) floats per moment, the whole buffer without ZeRO. */
+static void print_memory(const trainer *t)
+{
+    double mib = 1.0 / (1 << 20), n = (double)t->n_floats * 4;
+    double adam = 2.0 * (double)(t->opt.end - t->opt.begin) * 4;
+    double acts = (double)strata_model_activation_bytes(t->model);
+    double reduce = t->world > 1 ? n : 0, extra = (t->theta0 ? n : 0) + (t->fisher ? n : 0);
+    char extra_text[64] = "";
+    if (extra > 0) snprintf(extra_text, sizeof extra_text, ", init weights/Fisher %.0f MiB", extra * mib);
+    say(t, "memory per rank: params %.0f MiB, grads %.0f MiB, adam m+v %.0f MiB%s, activations %.0f MiB, "
+        "reduction buffers %.0f MiB%s; total %.0f MiB\n", n * mib, n * mib, adam * mib,
+        t->cfg->train.zero && t->world > 1 ? " (ZeRO-1: 1/W of it)" : "", acts * mib, reduce * mib,
+        extra_text, (2 * n + adam + acts + reduce + extra) * mib);
+}
+
 static strata_err setup(trainer *t, const strata_config *cfg, strata_comm *comm)
 {
     t->cfg = cfg;
@@ -821,6 +838,7 @@ static strata_err run_loop(trainer *t)
             return strata_errorf(STRATA_ESTOPPED, "stopped");
         if (agreed && step < c->train.steps) STRATA_TRY(save_checkpoint(t));
     }
+    t->train_peak_rss = strata_comm_max_double(t->comm, strata_peak_rss_bytes());
     /* A resumed run with nothing left to do only confirms DONE. */
     if (t->last_saved_step == step) return write_done_marker(t, step);
     if (c->n_evals > 0 && evaluate_all(t, step)) return strata_errorf(STRATA_ESTOPPED, "stopped");
@@ -839,6 +857,7 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
         say(&t, "strata: %zu parameters, %d ranks x %d threads, global batch %d x %d tokens, %ld steps\n",
             strata_model_n_params(t.model), t.world, omp_get_max_threads(), cfg->train.global_batch,
             t.T, cfg->train.steps);
+        print_memory(&t);
         e = run_loop(&t);
         if (e.code == STRATA_ESTOPPED) {
             say(&t, "stop requested (signal %d) at step %ld: saving a checkpoint\n", strata_stop_signal(), t.st.step);
@@ -848,6 +867,9 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
         }
     }
     strata_watchdog_stop(t.watchdog);
+    if (t.train_peak_rss > 0)
+        say(&t, "peak RSS while training: %.0f MiB (the largest rank; rank 0 gathers ZeRO's "
+            "optimizer state to save)\n", t.train_peak_rss / (1 << 20));
     trainer_free(&t);
     return e;
 }
