@@ -13,6 +13,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "strata/rng.h"
+
 #define LN_EPS 1e-5f
 
 /* exp(x) to about 1 ulp, branch-free so loops that call it vectorise (glibc's
@@ -182,8 +184,40 @@ void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *d
  * triangle (T=256: 62% of the full square's work). */
 #define ATT_BLOCK 64
 
+/* Dropout on a span of a mask row: elements pos0 .. pos0+n-1 of the row
+ * times 0 or s. Word by word, so the inner loops have one word and a fixed
+ * shift per lane and vectorise (a span may start anywhere in a word). */
+static inline void mask_span_copy(float *dst, const float *src, const uint64_t *row, long pos0,
+                                  long n, float s)
+{
+    for (long j = 0; j < n;) {
+        long pos = pos0 + j, k0 = pos & 63, m = 64 - k0 < n - j ? 64 - k0 : n - j;
+        uint64_t word = row[pos >> 6] >> k0;
+        float *restrict y = dst + j;
+        const float *restrict x = src + j;
+        for (long k = 0; k < m; k++) y[k] = x[k] * ((float)(int32_t)((word >> k) & 1) * s);
+        j += m;
+    }
+}
+
+static inline void mask_span_inplace(float *y, const uint64_t *row, long pos0, long n, float s)
+{
+    for (long j = 0; j < n;) {
+        long pos = pos0 + j, k0 = pos & 63, m = 64 - k0 < n - j ? 64 - k0 : n - j;
+        uint64_t word = row[pos >> 6] >> k0;
+        for (long k = 0; k < m; k++) y[j + k] *= (float)(int32_t)((word >> k) & 1) * s;
+        j += m;
+    }
+}
+
 void strata_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
                               int NH)
+{
+    strata_attention_forward_dropout(out, att, NULL, qkv, B, T, C, NH, NULL);
+}
+
+void strata_attention_forward_dropout(float *out, float *att, float *scratch, const float *qkv,
+                                      int B, int T, int C, int NH, const strata_dropout *d)
 {
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -211,9 +245,19 @@ void strata_attention_forward(float *out, float *att, const float *qkv, int B, i
                     for (int j = 0; j <= t; j++) p[j] *= inv;
                     for (int j = t + 1; j < T; j++) p[j] = 0.0f;
                 }
-                /* O[r0:r1] = P[r0:r1, 0:r1] V[0:r1] */
+                /* O[r0:r1] = P[r0:r1, 0:r1] V[0:r1], with dropout the dropped
+                 * probabilities (in scratch: att keeps P for the backward). */
+                const float *A = P;
+                if (d) {
+                    float *Pd = scratch + ((size_t)b * NH + h) * T * T;
+                    const uint64_t *row = d->words + (size_t)b * d->words_per_row;
+                    for (int t = r0; t < r1; t++)
+                        mask_span_copy(Pd + (size_t)t * T, P + (size_t)t * T, row,
+                                       ((long)h * T + t) * T, r1, d->scale);
+                    A = Pd;
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f,
-                            P + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+                            A + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
             }
         }
 }
@@ -222,6 +266,16 @@ void strata_attention_forward(float *out, float *att, const float *qkv, int B, i
  * dQ = scale dS K, dK = scale dS^T Q; all restricted to the causal blocks. */
 void strata_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                                const float *att, int B, int T, int C, int NH)
+{
+    strata_attention_backward_dropout(dqkv, datt, dout, qkv, att, B, T, C, NH, NULL);
+}
+
+/* With dropout, O = Pd V where Pd = P * mask * scale: dV = Pd^T dO, and
+ * dP = (dO V^T) * mask * scale goes through the softmax with the undropped P.
+ * Pd is rebuilt in the dP rows first, used for dV, then overwritten by dP. */
+void strata_attention_backward_dropout(float *dqkv, float *datt, const float *dout,
+                                       const float *qkv, const float *att, int B, int T, int C,
+                                       int NH, const strata_dropout *d)
 {
     int hs = C / NH, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
@@ -243,10 +297,24 @@ void strata_attention_backward(float *dqkv, float *datt, const float *dout, cons
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T, nr = r1 - r0;
                 const float *Pr = P + (size_t)r0 * T;
                 float *dPr = dP + (size_t)r0 * T;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
-                            dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, Pr, T,
-                            dO + (size_t)r0 * C, C, 1.0f, dv, C3);
+                if (!d) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
+                                dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, Pr, T,
+                                dO + (size_t)r0 * C, C, 1.0f, dv, C3);
+                } else {
+                    const uint64_t *row = d->words + (size_t)b * d->words_per_row;
+                    for (int t = r0; t < r1; t++)
+                        mask_span_copy(dP + (size_t)t * T, P + (size_t)t * T, row,
+                                       ((long)h * T + t) * T, r1, d->scale);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, dPr, T,
+                                dO + (size_t)r0 * C, C, 1.0f, dv, C3);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
+                                dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
+                    for (int t = r0; t < r1; t++)
+                        mask_span_inplace(dP + (size_t)t * T, row, ((long)h * T + t) * T, t + 1,
+                                          d->scale);
+                }
                 for (int t = r0; t < r1; t++) {
                     const float *p = P + (size_t)t * T;
                     float *d = dP + (size_t)t * T;
@@ -324,4 +392,45 @@ void strata_add_inplace(float *y, const float *x, long N)
 {
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < N; i++) y[i] += x[i];
+}
+
+/* Four 16-bit fields per SplitMix64 draw, sixteen draws per 64-bit word.
+ * Words are independent, so any split across threads gives the same bits. */
+void strata_dropout_generate(uint64_t *words, long words_per_row, const uint64_t *keys, int rows,
+                             long row_len, uint32_t threshold)
+{
+    long n_words = (row_len + 63) / 64;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+        for (long w = 0; w < n_words; w++) {
+            uint64_t key = keys[r], word = 0;
+            for (int g = 0; g < 16; g++) {
+                uint64_t v = strata_mix64(key + (uint64_t)(16 * w + g) * 0x9e3779b97f4a7c15ull);
+                uint64_t bits = (uint64_t)((v & 0xffff) >= threshold) |
+                                (uint64_t)(((v >> 16) & 0xffff) >= threshold) << 1 |
+                                (uint64_t)(((v >> 32) & 0xffff) >= threshold) << 2 |
+                                (uint64_t)((v >> 48) >= threshold) << 3;
+                word |= bits << (4 * g);
+            }
+            long left = row_len - 64 * w;
+            if (left < 64) word &= (1ull << left) - 1;
+            words[(size_t)r * words_per_row + w] = word;
+        }
+}
+
+void strata_dropout_apply(float *out, const float *inp, const strata_dropout *d, int rows,
+                          long row_len)
+{
+    /* Chunks of 4096 elements (64 words) per task. */
+    long n_chunks = (row_len + 4095) / 4096;
+    const float s = d->scale;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++)
+        for (long c = 0; c < n_chunks; c++) {
+            long i0 = 4096 * c, n = row_len - i0 < 4096 ? row_len - i0 : 4096;
+            const uint64_t *row = d->words + (size_t)r * d->words_per_row;
+            size_t at = (size_t)r * row_len + i0;
+            if (out == inp) mask_span_inplace(out + at, row, i0, n, s);
+            else mask_span_copy(out + at, inp + at, row, i0, n, s);
+        }
 }

@@ -49,6 +49,21 @@ struct strata_model {
     uint32_t *inputs, *targets;
     int fwd_B, fwd_T, fwd_has_targets;
     strata_model_timing timing;
+
+    /* Dropout (see strata_model_set_dropout). Set for the next forward: */
+    float drop_p;
+    uint64_t drop_seed;
+    long drop_step;
+    const int64_t *drop_ids; /* the caller's, read by the next forward */
+    /* Used by the last forward (fwd_drop) and its backward: one mask row of
+     * bits per sequence and site, allocated on first use for (drop_B, drop_T). */
+    int fwd_drop, drop_B, drop_T;
+    float drop_scale;
+    uint32_t drop_threshold;
+    long words_res, words_att; /* per sequence: (T, C) and (NH, T, T) sites */
+    uint64_t *drop_bits;       /* embed, then per block: attn, attn.c_proj, mlp.c_proj */
+    uint64_t *drop_keys;       /* (1 + 3L, B) row keys, same order */
+    size_t drop_words;
 };
 
 static void add_tensor(strata_model *m, const char *name, int layer, int rows, int cols,
@@ -124,6 +139,8 @@ void strata_model_free(strata_model *m)
     free(m->blocks);
     free(m->inputs);
     free(m->targets);
+    free(m->drop_bits);
+    free(m->drop_keys);
     free(m);
 }
 
@@ -242,7 +259,10 @@ strata_err strata_model_reserve(strata_model *m, int B, int T)
     return alloc_arena(m, B, T);
 }
 
-size_t strata_model_activation_bytes(const strata_model *m) { return m->arena_floats * 4; }
+size_t strata_model_activation_bytes(const strata_model *m)
+{
+    return m->arena_floats * 4 + m->drop_words * 8;
+}
 
 #define TIMED(field, stmt)                                                                         \
     do {                                                                                           \
@@ -250,6 +270,128 @@ size_t strata_model_activation_bytes(const strata_model *m) { return m->arena_fl
         stmt;                                                                                      \
         m->timing.field += omp_get_wtime() - t0_;                                                  \
     } while (0)
+
+/* ---- dropout -------------------------------------------------------------
+ *
+ * The mask bit of element i (position within its sequence's row: t*C + c at
+ * the (T, C) sites, (h*T + t)*T + j for attention) of sequence b at a site is
+ * strata_dropout_generate's bit i for the row key
+ *
+ *   strata_mix64(strata_rng_u64(seed, DROPOUT_TAG, step, sample_ids[b])
+ *                ^ ((layer + 1) * 4 + site))
+ *
+ * with layer -1 for the embedding site and site as in model.h. Nothing else
+ * enters: not the rank, the micro-batch or the thread count. The bits of a
+ * forward are kept (about 3.6 MiB on the small config) for its backward:
+ * regenerating them there costs more time than reading them back (measured,
+ * see tests/unit/test_dropout.c); STRATA_DROPOUT_RECOMPUTE builds the other. */
+#define DROPOUT_TAG 0x64726f706f757421ull /* "dropout!" */
+#ifndef STRATA_DROPOUT_RECOMPUTE
+#define STRATA_DROPOUT_RECOMPUTE 0
+#endif
+
+void strata_model_set_dropout(strata_model *m, float p, uint64_t seed, long step,
+                              const int64_t *sample_ids)
+{
+    m->drop_p = p > 0 && p < 1 ? p : 0;
+    m->drop_seed = seed;
+    m->drop_step = step;
+    m->drop_ids = sample_ids;
+}
+
+static uint64_t dropout_row_key(uint64_t seed, long step, int64_t sample_id, int layer, int site)
+{
+    return strata_mix64(strata_rng_u64(seed, DROPOUT_TAG, (uint64_t)step, (uint64_t)sample_id) ^
+                        (uint64_t)((layer + 1) * 4 + site));
+}
+
+/* Mask row index of (layer, site): the embedding first, then three per block. */
+static int dropout_slot(int layer, int site)
+{
+    return site == STRATA_DROPOUT_EMBED ? 0 : 1 + 3 * layer + (site - 1);
+}
+
+static uint64_t *dropout_words(const strata_model *m, int slot)
+{
+    size_t off = slot == 0 ? 0
+                           : (size_t)m->drop_B * (m->words_res +
+                                                  (size_t)(slot - 1) / 3 * (m->words_att + 2 * m->words_res) +
+                                                  ((slot - 1) % 3 >= 1 ? m->words_att : 0) +
+                                                  ((slot - 1) % 3 == 2 ? m->words_res : 0));
+    return m->drop_bits + off;
+}
+
+static strata_dropout dropout_of(const strata_model *m, int layer, int site)
+{
+    int slot = dropout_slot(layer, site);
+    return (strata_dropout){dropout_words(m, slot),
+                            site == STRATA_DROPOUT_ATTN ? m->words_att : m->words_res,
+                            m->drop_scale};
+}
+
+static void dropout_generate_slot(strata_model *m, int slot)
+{
+    int site = slot == 0 ? STRATA_DROPOUT_EMBED : 1 + (slot - 1) % 3;
+    long words = site == STRATA_DROPOUT_ATTN ? m->words_att : m->words_res;
+    long len = site == STRATA_DROPOUT_ATTN
+                   ? (long)m->shape.n_head * m->fwd_T * m->fwd_T
+                   : (long)m->fwd_T * m->shape.n_embd;
+    strata_dropout_generate(dropout_words(m, slot), words, m->drop_keys + (size_t)slot * m->fwd_B,
+                            m->fwd_B, len, m->drop_threshold);
+}
+
+/* Row keys and bits of every site for the forward about to run (B, T). */
+static int dropout_prepare(strata_model *m, int B, int T)
+{
+    int L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head;
+    if (B != m->drop_B || T != m->drop_T) {
+        free(m->drop_bits), free(m->drop_keys);
+        m->words_res = ((long)T * C + 63) / 64;
+        m->words_att = ((long)NH * T * T + 63) / 64;
+        m->drop_words = (size_t)B * (m->words_res + (size_t)L * (m->words_att + 2 * m->words_res));
+        m->drop_bits = malloc(m->drop_words * sizeof(uint64_t));
+        m->drop_keys = malloc((size_t)(1 + 3 * L) * B * sizeof(uint64_t));
+        if (!m->drop_bits || !m->drop_keys) {
+            free(m->drop_bits), free(m->drop_keys);
+            m->drop_bits = NULL, m->drop_keys = NULL, m->drop_words = 0;
+            m->drop_B = m->drop_T = 0;
+            return -1;
+        }
+        m->drop_B = B, m->drop_T = T;
+    }
+    m->drop_scale = 1.0f / (1.0f - m->drop_p);
+    double thr = floor((double)m->drop_p * 65536.0 + 0.5);
+    m->drop_threshold = (uint32_t)(thr < 65535 ? thr : 65535);
+    for (int slot = 0; slot < 1 + 3 * L; slot++) {
+        int layer = slot == 0 ? -1 : (slot - 1) / 3;
+        int site = slot == 0 ? STRATA_DROPOUT_EMBED : 1 + (slot - 1) % 3;
+        for (int b = 0; b < B; b++)
+            m->drop_keys[(size_t)slot * B + b] = dropout_row_key(
+                m->drop_seed, m->drop_step, m->drop_ids ? m->drop_ids[b] : b, layer, site);
+        dropout_generate_slot(m, slot);
+    }
+    return 0;
+}
+
+size_t strata_model_dropout_mask(const strata_model *m, int layer, int site, float *out)
+{
+    int B = m->fwd_B, T = m->fwd_T, C = m->shape.n_embd, NH = m->shape.n_head;
+    if (site < STRATA_DROPOUT_EMBED || site > STRATA_DROPOUT_MLP_PROJ || B < 1) return 0;
+    if (site != STRATA_DROPOUT_EMBED && (layer < 0 || layer >= m->shape.n_layer)) return 0;
+    long len = site == STRATA_DROPOUT_ATTN ? (long)NH * T * T : (long)T * C;
+    size_t n = (size_t)B * len;
+    if (!out) return n;
+    if (!m->fwd_drop) {
+        for (size_t i = 0; i < n; i++) out[i] = 1.0f;
+        return n;
+    }
+    strata_dropout d = dropout_of(m, layer, site);
+    for (int b = 0; b < B; b++)
+        for (long i = 0; i < len; i++)
+            out[(size_t)b * len + i] =
+                (float)((d.words[(size_t)b * d.words_per_row + i / 64] >> (i % 64)) & 1) * d.scale;
+    return n;
+}
 
 float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
                            int B, int T, float *per_seq_loss)
@@ -266,8 +408,18 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
     memcpy(m->inputs, inputs, (size_t)BT * sizeof(uint32_t));
     m->fwd_B = B, m->fwd_T = T, m->fwd_has_targets = targets != NULL;
     const float *wte = m->params, *wpe = m->params + m->tensors[1].offset;
+    int drop = m->fwd_drop = m->drop_p > 0;
+    if (drop) {
+        int failed;
+        TIMED(elementwise, failed = dropout_prepare(m, B, T));
+        if (failed) return NAN;
+    }
 
     TIMED(elementwise, strata_encoder_forward(m->encoded, inputs, wte, wpe, B, T, C));
+    if (drop) {
+        strata_dropout d = dropout_of(m, -1, STRATA_DROPOUT_EMBED);
+        TIMED(elementwise, strata_dropout_apply(m->encoded, m->encoded, &d, B, (long)T * C));
+    }
     const float *residual = m->encoded;
     for (int l = 0; l < L; l++) {
         block_acts *a = &m->blocks[l];
@@ -276,20 +428,41 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
                                                     C));
         TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W),
                                             param(m, l, QKV_B), BT, C, 3 * C, 0.0f));
-        TIMED(attention, strata_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
-        /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
-        TIMED(elementwise, memcpy(a->res2, residual, (size_t)BT * C * sizeof(float)));
-        TIMED(matmul, strata_matmul_forward(a->res2, a->atty, param(m, l, PROJ_W),
-                                            param(m, l, PROJ_B), BT, C, C, 1.0f));
+        if (!drop) {
+            TIMED(attention, strata_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
+            /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
+            TIMED(elementwise, memcpy(a->res2, residual, (size_t)BT * C * sizeof(float)));
+            TIMED(matmul, strata_matmul_forward(a->res2, a->atty, param(m, l, PROJ_W),
+                                                param(m, l, PROJ_B), BT, C, C, 1.0f));
+        } else {
+            /* The dropped probabilities live in d_att (backward scratch) for
+             * the call; the branch output in d_small, dropped, then added. */
+            strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
+            strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
+            TIMED(attention, strata_attention_forward_dropout(a->atty, a->att, m->d_att, a->qkv,
+                                                              B, T, C, NH, &da));
+            TIMED(matmul, strata_matmul_forward(m->d_small, a->atty, param(m, l, PROJ_W),
+                                                param(m, l, PROJ_B), BT, C, C, 0.0f));
+            TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dp, B, (long)T * C));
+            TIMED(elementwise, strata_residual_forward(a->res2, residual, m->d_small, BT * C));
+        }
         TIMED(elementwise, strata_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
                                                     param(m, l, LN2_W), param(m, l, LN2_B), BT,
                                                     C));
         TIMED(matmul, strata_matmul_forward(a->fch, a->ln2, param(m, l, FC_W), param(m, l, FC_B),
                                             BT, C, 4 * C, 0.0f));
         TIMED(elementwise, strata_gelu_forward(a->fch_gelu, a->fch, BT * 4 * C));
-        TIMED(elementwise, memcpy(a->res3, a->res2, (size_t)BT * C * sizeof(float)));
-        TIMED(matmul, strata_matmul_forward(a->res3, a->fch_gelu, param(m, l, FCPROJ_W),
-                                            param(m, l, FCPROJ_B), BT, 4 * C, C, 1.0f));
+        if (!drop) {
+            TIMED(elementwise, memcpy(a->res3, a->res2, (size_t)BT * C * sizeof(float)));
+            TIMED(matmul, strata_matmul_forward(a->res3, a->fch_gelu, param(m, l, FCPROJ_W),
+                                                param(m, l, FCPROJ_B), BT, 4 * C, C, 1.0f));
+        } else {
+            strata_dropout dm = dropout_of(m, l, STRATA_DROPOUT_MLP_PROJ);
+            TIMED(matmul, strata_matmul_forward(m->d_small, a->fch_gelu, param(m, l, FCPROJ_W),
+                                                param(m, l, FCPROJ_B), BT, 4 * C, C, 0.0f));
+            TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dm, B, (long)T * C));
+            TIMED(elementwise, strata_residual_forward(a->res3, a->res2, m->d_small, BT * C));
+        }
         residual = a->res3;
     }
     const float *lnf_w = m->params + m->tensors[m->n_tensors - 2].offset;
@@ -326,11 +499,27 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
     int B = m->fwd_B, T = m->fwd_T, BT = B * T, C = m->shape.n_embd, NH = m->shape.n_head;
     block_acts *a = &m->blocks[l];
     float *d_big = m->d_big, *d_small = m->d_small, *d_res = m->d_res;
+    int drop = m->fwd_drop;
+    /* With dropout a branch's gradient is the residual's, masked: in d_small
+     * (free until the MLP's c_fc backward) and in d_big (free until the
+     * attention backward) respectively. */
+    const float *d_branch = d_res;
+    if (drop) {
+#if STRATA_DROPOUT_RECOMPUTE
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_ATTN)));
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_ATTN_PROJ)));
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_MLP_PROJ)));
+#endif
+        strata_dropout dm = dropout_of(m, l, STRATA_DROPOUT_MLP_PROJ);
+        TIMED(elementwise, strata_dropout_apply(d_small, d_res, &dm, B, (long)T * C));
+        d_branch = d_small;
+    }
 
     /* MLP: res3 = res2 + c_proj(gelu(c_fc(ln2(res2)))) */
     memset(d_big, 0, (size_t)BT * 4 * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B), d_res,
-                                         a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C, C));
+    TIMED(matmul, strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B),
+                                         d_branch, a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C,
+                                         C));
     TIMED(elementwise, strata_gelu_backward(d_big, a->fch, d_big, BT * 4 * C));
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
     TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, FC_W), grad(m, l, FC_B), d_big,
@@ -340,12 +529,24 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
                                     param(m, l, LN2_W), a->ln2_mean, a->ln2_rstd, BT, C));
 
     /* Attention: res2 = input + c_proj(attn(c_attn(ln1(input)))) */
+    d_branch = d_res;
+    if (drop) {
+        strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
+        TIMED(elementwise, strata_dropout_apply(d_big, d_res, &dp, B, (long)T * C));
+        d_branch = d_big;
+    }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B), d_res,
-                                         a->atty, param(m, l, PROJ_W), BT, C, C));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B),
+                                         d_branch, a->atty, param(m, l, PROJ_W), BT, C, C));
     float *d_qkv = d_big; /* (B,T,3C) fits in the (B,T,4C) scratch, free again */
-    TIMED(attention, strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B, T, C,
-                                               NH));
+    if (!drop) {
+        TIMED(attention, strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B,
+                                                   T, C, NH));
+    } else {
+        strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
+        TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv,
+                                                           a->att, B, T, C, NH, &da));
+    }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
     TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, QKV_W), grad(m, l, QKV_B), d_qkv,
                                          a->ln1, param(m, l, QKV_W), BT, C, 3 * C));
@@ -395,9 +596,18 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *o)
         block_backward(m, l, l > 0 ? m->blocks[l - 1].res3 : m->encoded, need_dinp);
         notify(o, l);
     }
-    if (first == 0 && embeddings_train)
+    if (first == 0 && embeddings_train) {
+        if (m->fwd_drop) {
+#if STRATA_DROPOUT_RECOMPUTE
+            TIMED(elementwise, dropout_generate_slot(m, 0));
+#endif
+            strata_dropout d = dropout_of(m, -1, STRATA_DROPOUT_EMBED);
+            TIMED(elementwise, strata_dropout_apply(m->d_res, m->d_res, &d, m->fwd_B,
+                                                    (long)m->fwd_T * C));
+        }
         TIMED(elementwise, strata_encoder_backward(dwte, dwpe, m->d_res, m->inputs, m->fwd_B,
                                                    m->fwd_T, C));
+    }
     notify(o, -1);
 }
 

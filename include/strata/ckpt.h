@@ -5,7 +5,8 @@
  * moments /optim/m/<name> and /optim/v/<name> (gathered, so a checkpoint
  * does not depend on the number of ranks), and attributes on / (see
  * strata_ckpt_state) with format = "strata-ckpt-1". Every dataset is chunked
- * with the Fletcher32 filter.
+ * with the Fletcher32 filter; the attributes are covered by one more,
+ * attrs_fnv1a64 (HDF5 does not checksum the heap that holds long ones).
  *
  * Saving writes `.ckpt-<step>.h5.tmp-<pid>`, fsyncs it, renames it into
  * place and fsyncs the directory; then `latest` (a one-line text file
@@ -62,16 +63,18 @@ strata_err strata_ckpt_save(const char *dir, const strata_model *m, const float 
 /* Loads path into m (shapes must match exactly, else STRATA_EINPUT naming
  * the tensor) and, when adam_m/adam_v are not NULL, the moments (missing
  * moments are an error then). st (may be NULL) receives the attributes.
- * Every dataset's checksum is verified. */
+ * Every dataset's checksum is verified. On failure m and the moments may
+ * hold part of the file's data; st is left untouched. */
 strata_err strata_ckpt_load(const char *path, strata_model *m, float *adam_m, float *adam_v,
                             strata_ckpt_state *st);
 
 /* Finds the newest loadable checkpoint in dir: `latest` first, then
  * ckpt-*.h5 by descending step. Each one that fails (truncated, bad
  * checksum, wrong format) is passed to warn (may be NULL) and skipped.
- * Returns STRATA_OK with path[0] == 0 when dir holds no checkpoint. On
- * success the checkpoint has been loaded into m/adam/st exactly as by
- * strata_ckpt_load. */
+ * A shape mismatch (the config's doing, not damage: older checkpoints
+ * would not fit either) is returned at once instead. Returns STRATA_OK
+ * with path[0] == 0 when dir holds no checkpoint. On success the
+ * checkpoint has been loaded into m/adam/st exactly as by strata_ckpt_load. */
 strata_err strata_ckpt_load_latest(const char *dir, strata_model *m, float *adam_m, float *adam_v,
                                    strata_ckpt_state *st, char *path, size_t path_len,
                                    void (*warn)(void *ctx, const char *msg), void *warn_ctx);

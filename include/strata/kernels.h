@@ -60,4 +60,38 @@ void strata_residual_forward(float *out, const float *a, const float *b, int N);
 /* y += x */
 void strata_add_inplace(float *y, const float *x, long N);
 
+/* ---- dropout ------------------------------------------------------------
+ * A mask is a set of rows of bits: row r starts at words + r * words_per_row
+ * and bit i of a row (word i / 64, bit i % 64) is 1 where element i is kept.
+ * Kept elements are multiplied by scale = 1/(1-p), dropped ones by 0. */
+typedef struct strata_dropout {
+    const uint64_t *words;
+    long words_per_row;
+    float scale;
+} strata_dropout;
+
+/* Writes the mask of `rows` rows of row_len elements, bits past row_len zero.
+ * Element i of row r is kept iff 16-bit field (i % 4) of draw i / 4 of the row
+ * is >= threshold (p * 65536), where draw g = strata_mix64(keys[r] + g *
+ * 0x9e3779b97f4a7c15): SplitMix64's stream seeded with the row's key. So a
+ * bit is a pure function of (keys[r], i), whatever the thread count. */
+void strata_dropout_generate(uint64_t *words, long words_per_row, const uint64_t *keys, int rows,
+                             long row_len, uint32_t threshold);
+/* out = inp * mask * scale (out may alias inp): dropout's forward on
+ * activations and, applied to their gradient, its backward. */
+void strata_dropout_apply(float *out, const float *inp, const strata_dropout *d, int rows,
+                          long row_len);
+/* Attention with dropout on the probabilities, after the softmax and before
+ * AV. att keeps the undropped probabilities (the softmax backward needs
+ * them); the mask has one row per sequence, bit (h*T + t)*T + j for
+ * P[b,h,t,j]; scratch (B,NH,T,T) holds the dropped probabilities during the
+ * call. With d NULL these are strata_attention_forward/backward. */
+void strata_attention_forward_dropout(float *out, float *att, float *scratch, const float *qkv,
+                                      int B, int T, int C, int NH, const strata_dropout *d);
+/* dP is taken w.r.t. the dropped probabilities, masked and scaled back onto
+ * the undropped ones, then through the softmax as usual. */
+void strata_attention_backward_dropout(float *dqkv, float *datt, const float *dout,
+                                       const float *qkv, const float *att, int B, int T, int C,
+                                       int NH, const strata_dropout *d);
+
 #endif

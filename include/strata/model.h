@@ -104,6 +104,19 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
 void strata_model_set_dropout(strata_model *m, float p, uint64_t seed, long step,
                               const int64_t *sample_ids);
 
+/* Dropout sites; the site number is part of the mask's key. */
+enum {
+    STRATA_DROPOUT_EMBED = 0,     /* the embedding sum, (B, T, C); no layer */
+    STRATA_DROPOUT_ATTN = 1,      /* block's attention probabilities, (B, NH, T, T) */
+    STRATA_DROPOUT_ATTN_PROJ = 2, /* block's attn.c_proj output, (B, T, C) */
+    STRATA_DROPOUT_MLP_PROJ = 3,  /* block's mlp.c_proj output, (B, T, C) */
+};
+/* The mask the last forward applied at a site of block `layer`, as the
+ * factor each element was multiplied by: 0 or 1/(1-p), or 1 everywhere when
+ * dropout was off (for tests and fixtures). Returns the number of values,
+ * written to out unless it is NULL; 0 for no such site or layer. */
+size_t strata_model_dropout_mask(const strata_model *m, int layer, int site, float *out);
+
 void strata_model_zero_grad(strata_model *m);
 /* Logits of the last forward, (B, T, padded_vocab); valid when targets were NULL. */
 const float *strata_model_logits(const strata_model *m);

@@ -45,6 +45,12 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
 /* Reads the whole shard: every token id < vocab_size, /doc_offsets
  * non-decreasing and within the tokens (`strata inspect --check`). */
 strata_err strata_shard_verify(strata_shard *s);
+/* 1 when HDF5 can safely read the variable-length string attribute `name`
+ * of the HDF5 object obj (an hid_t): its heap reference and heap collection
+ * are intact. HDF5 1.10 trusts both and crashes or hangs on damaged ones, so
+ * call this before any H5Aread of such a string from an untrusted file. On
+ * 0, why receives the problem. */
+int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t why_len);
 void strata_shard_close(strata_shard *s);
 
 /* Writing (used by `strata pack`): tokens are appended in order; a document
