@@ -50,7 +50,7 @@ expect_exit() {
   "$@" >out.log 2>err.log || got=$?
   [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want; stderr: $(cat err.log)"
   [ "$(grep -c . err.log)" -eq 1 ] || fail "'$*' printed $(grep -c . err.log) lines on stderr, expected one: $(cat err.log)"
-  grep -Eq "$pattern" err.log || fail "'$*': message '$(cat err.log)' does not match '$pattern'"
+  grep -Eq -- "$pattern" err.log || fail "'$*': message '$(cat err.log)' does not match '$pattern'"
 }
 
 # A last metrics record of kind "eval" for the set $2 in file $1: its loss.

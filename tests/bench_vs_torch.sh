@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# strata against the PyTorch reference of ../shared/bench, side by side in
+# one sitting: tokens/s at 1 and 2 threads on a config (default small),
+# alternating the two programs so both see the same machine.
+#   tests/bench_vs_torch.sh [config] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+config=${1:-small}
+rounds=${2:-2}
+torch_script=${TORCH_BENCH:-../shared/bench/torch_gpt2.py}
+strata=${STRATA:-build/strata}
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+case $config in
+  tiny) shape="--set model.n_layer=4 --set model.n_embd=128 --set model.n_head=4 --set model.block_size=128 --set data.seq_len=128 --set train.micro_batch=8 --set model.vocab_size=256" ;;
+  small) shape="" ;;
+  gpt2) shape="--set model.n_layer=12 --set model.n_embd=768 --set model.n_head=12 --set model.block_size=1024 --set data.seq_len=1024 --set train.micro_batch=1" ;;
+esac
+printf '%-8s %-8s %12s %12s %8s %10s\n' threads round strata_tok/s torch_tok/s ratio strata_MFU
+for threads in 1 2; do
+  for round in $(seq 1 "$rounds"); do
+    s=$(OMP_NUM_THREADS=$threads "$strata" bench --config configs/tiny.ini $shape --steps 5 --warmup 1 2>&1)
+    s_tps=$(echo "$s" | awk '/^throughput/ {print $2}')
+    s_mfu=$(echo "$s" | awk '/^MFU/ {print $2}')
+    t=$(/usr/bin/python3 "$torch_script" --config "$config" --threads "$threads" 2>&1 | tail -1)
+    t_tps=$(echo "$t" | tr ' ' '\n' | sed -n 's/^tokens_per_s=//p; s/^tok_per_s=//p; s/^tokps=//p' | head -1)
+    ratio=$(echo "scale=2; $s_tps / $t_tps" | bc 2>/dev/null || echo "?")
+    printf '%-8s %-8s %12s %12s %8s %10s\n' "$threads" "$round" "$s_tps" "$t_tps" "$ratio" "$s_mfu"
+  done
+done
