@@ -10,15 +10,17 @@ rounds=${2:-2}
 torch_script=${TORCH_BENCH:-../shared/bench/torch_gpt2.py}
 strata=${STRATA:-build/strata}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
+# The bench shapes of ../shared/bench/README.md (B = micro_batch per rank).
 case $config in
-  tiny) shape="--set model.n_layer=4 --set model.n_embd=128 --set model.n_head=4 --set model.block_size=128 --set data.seq_len=128 --set train.micro_batch=8 --set model.vocab_size=256" ;;
-  small) shape="" ;;
-  gpt2) shape="--set model.n_layer=12 --set model.n_embd=768 --set model.n_head=12 --set model.block_size=1024 --set data.seq_len=1024 --set train.micro_batch=1" ;;
+  tiny) shape=(--config configs/tiny.ini --set train.micro_batch=8) ;;
+  small) shape=(--config configs/small.ini --set train.micro_batch=8) ;;
+  gpt2) shape=(--config configs/gpt2-124M.ini --set train.micro_batch=1) ;;
+  *) echo "usage: $0 tiny|small|gpt2 [rounds]" >&2; exit 2 ;;
 esac
 printf '%-8s %-8s %12s %12s %8s %10s\n' threads round strata_tok/s torch_tok/s ratio strata_MFU
 for threads in 1 2; do
   for round in $(seq 1 "$rounds"); do
-    s=$(OMP_NUM_THREADS=$threads "$strata" bench --config configs/tiny.ini $shape --steps 5 --warmup 1 2>&1)
+    s=$(OMP_NUM_THREADS=$threads "$strata" bench "${shape[@]}" --steps 5 --warmup 1 2>&1)
     s_tps=$(echo "$s" | awk '/^throughput/ {print $2}')
     s_mfu=$(echo "$s" | awk '/^MFU/ {print $2}')
     t=$(/usr/bin/python3 "$torch_script" --config "$config" --threads "$threads" 2>&1 | tail -1)

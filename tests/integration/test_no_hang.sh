@@ -65,3 +65,24 @@ echo "bad token on some ranks: job ended with status $rc after $took s: $(grep '
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "status $rc"
 echo "$took < 30" | bc | grep -q 1 || fail "took $took s"
 grep -q "rank [0-9] (.*): .*bad.h5.*1000" bad.log || fail "no message naming the rank, the file and the token: $(tail -5 bad.log)"
+
+# 3. A rank that stops responding (SIGSTOP: no crash, no message): the
+#    others' watchdogs end the job after [train] step_timeout.
+"${MPIRUN[@]}" -np 3 "$STRATA" train --config run.ini --set train.step_timeout=5 \
+  --set log.metrics=stopped.jsonl > stopped.log 2>&1 &
+job=$!
+for _ in $(seq 1 600); do [ -s stopped.jsonl ] && break; sleep 0.1; done
+[ -s stopped.jsonl ] || fail "the run never started: $(tail -3 stopped.log)"
+victim=$(pgrep -f "^$STRATA train --config run.ini --set train.step_timeout=5" | sed -n 2p)
+start=$(date +%s.%N)
+kill -STOP "$victim"
+rc=0
+timeout 60 tail --pid="$job" -f /dev/null || fail "job still running 60 s after a rank stopped"
+wait "$job" || rc=$?
+took=$(echo "$(date +%s.%N) - $start" | bc)
+kill -9 "$victim" 2>/dev/null || true
+echo "a stopped rank: job ended with status $rc after $took s: $(grep -m1 watchdog stopped.log)"
+[ "$rc" -ne 0 ] || fail "job ended with status 0"
+echo "$took < 35" | bc | grep -q 1 || fail "took $took s (step_timeout 5 + 30)"
+grep -q "watchdog: rank [0-9] (.*) step [0-9]* phase '.*' waited [0-9]* s > step_timeout 5 s" stopped.log ||
+  fail "no watchdog line: $(tail -5 stopped.log)"

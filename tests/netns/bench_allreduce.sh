@@ -54,7 +54,7 @@ run "1 host, TCP (loopback)" --host "$P-h0:2"
 run "1 host, shm (vader)" --host "$P-h0:2" --mca btl vader,self
 
 echo
-echo "MPI_Allreduce, 2 ranks, MPI_FLOAT sum, out-of-place; median of $REPS samples ($(date -u +%F), $(nproc) CPUs)"
+echo "MPI_Allreduce, 2 ranks, MPI_FLOAT sum, out-of-place; median of $REPS samples ($(date -u +%F), $(getconf _NPROCESSORS_ONLN) CPUs, load $(cut -d" " -f1 /proc/loadavg))"
 echo
 echo "| ranks | latency 4 KiB (us) | busbw 1 MiB (GB/s) | busbw 16 MiB (GB/s) | busbw 128 MiB (GB/s) |"
 echo "| --- | --- | --- | --- | --- |"

@@ -116,7 +116,8 @@ cmd_down() {
         [[ -e $ns ]] && rm -rf "$ns"
     done
     rmdir /etc/netns 2>/dev/null || true # only when empty (then it was ours)
-    rm -rf "$D"
+    # the state directory, only if `up` made it (it holds the marker)
+    [[ -e $D/.strata-netns ]] && rm -rf "$D"
     return $rc
 }
 
@@ -132,8 +133,12 @@ cmd_up() {
     ip netns add "$SW" 2>/dev/null || die "cannot create network namespace $SW (need root, CAP_SYS_ADMIN; in a container: --privileged)"
     # from here on, a failure leaves a half-made cluster: tear it down
     trap 'if ((!UP_OK)); then say "up failed; tearing down"; cmd_down || true; fi' EXIT
+    if [[ -e $D && ! -e $D/.strata-netns && -n $(ls -A "$D" 2>/dev/null) ]]; then
+        die "STRATA_NETNS_DIR $D exists and is not a cluster state directory; pick another"
+    fi
     rm -rf "$D"
     mkdir -p "$D/bin" "$D/ns"
+    echo "$P" > "$D/.strata-netns"
     ip -n "$SW" link set lo up
     ip -n "$SW" link add br0 type bridge
     ip -n "$SW" link set br0 up
