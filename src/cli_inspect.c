@@ -50,8 +50,10 @@ static void print_shard(const strata_shard *s, int T)
     printf("  vocab_size  %d\n", in->vocab_size);
     printf("  eot_token   %d\n", in->eot_token);
     printf("  dtype       uint%d\n", in->token_bits);
-    if (in->chunk_tokens > 0) printf("  chunking    %" PRId64 " tokens\n", in->chunk_tokens);
-    else printf("  chunking    none (contiguous)\n");
+    if (in->chunk_tokens > 0)
+        printf("  chunking    %" PRId64 " tokens\n", in->chunk_tokens);
+    else
+        printf("  chunking    none (contiguous)\n");
     printf("  tokens      %" PRId64 "\n", in->n_tokens);
     printf("  documents   %" PRId64 "%s\n", in->n_docs, in->n_docs ? "" : " (no /doc_offsets)");
     printf("  samples     %" PRId64 " at seq_len %d\n", strata_shard_n_samples(s, T), T);
@@ -117,7 +119,7 @@ typedef struct walk {
     const char *path;
     strata_err err;
     long count;
-    int64_t numel;
+    uint64_t numel; /* UINT64_MAX: too many to count (a damaged file) */
 } walk;
 
 /* Prints the value of one attribute: integers and floats (up to 8 values),
@@ -148,8 +150,10 @@ static strata_err print_attr(hid_t loc, const char *path, const char *name)
         } else {
             printf("  %-16s", name);
             for (hssize_t i = 0; i < np; i++) {
-                if (cls == H5T_INTEGER) printf(" %" PRId64, iv[i]);
-                else printf(" %.9g", dv[i]);
+                if (cls == H5T_INTEGER)
+                    printf(" %" PRId64, iv[i]);
+                else
+                    printf(" %.9g", dv[i]);
             }
             printf("\n");
         }
@@ -177,17 +181,23 @@ static strata_err print_attr(hid_t loc, const char *path, const char *name)
         } else {
             const char *v = s ? s : "";
             size_t len = strlen(v);
-            int lines = 0, printable = 1;
+            int newlines = 0, printable = 1;
             for (size_t i = 0; i < len; i++) {
-                if (v[i] == '\n') lines++;
-                else if ((unsigned char)v[i] < 0x20 && v[i] != '\t') printable = 0;
+                if (v[i] == '\n')
+                    newlines++;
+                else if ((unsigned char)v[i] < 0x20 && v[i] != '\t')
+                    printable = 0;
             }
-            if (len > 100 || lines || !printable)
-                printf("  %-16s (%zu bytes, %d lines)\n", name, len, lines + (len > 0));
-            else printf("  %-16s %s\n", name, v);
+            int lines = newlines + (len > 0 && v[len - 1] != '\n');
+            if (len > 100 || newlines || !printable)
+                printf("  %-16s (%zu bytes, %d line%s)\n", name, len, lines, lines == 1 ? "" : "s");
+            else
+                printf("  %-16s %s\n", name, v);
         }
-        if (vs) H5free_memory(vs);
-        else free(s);
+        if (vs)
+            H5free_memory(vs);
+        else
+            free(s);
         H5Tclose(mt);
     } else {
         printf("  %-16s (%s, %lld values)\n", name,
@@ -233,22 +243,25 @@ static herr_t tensor_cb(hid_t group, const char *name, const H5L_info_t *info, v
     } else {
         hsize_t dims[8] = {0};
         H5Sget_simple_extent_dims(sp, dims, NULL);
-        char shape[160] = "(";
+        char shape[256] = "(";
         size_t m = 1;
-        int64_t numel = 1;
+        uint64_t numel = 1;
         for (int i = 0; i < rank; i++) {
-            m += (size_t)snprintf(shape + m, sizeof shape - m, "%s%llu", i ? ", " : "",
-                                  (unsigned long long)dims[i]);
-            numel *= (int64_t)dims[i];
+            if (m < sizeof shape)
+                m += (size_t)snprintf(shape + m, sizeof shape - m, "%s%llu", i ? ", " : "",
+                                      (unsigned long long)dims[i]);
+            /* a damaged file may claim any size: saturate rather than wrap */
+            numel = dims[i] && numel > UINT64_MAX / dims[i] ? UINT64_MAX : numel * dims[i];
         }
-        snprintf(shape + m, sizeof shape - m, ")");
+        if (m < sizeof shape) snprintf(shape + m, sizeof shape - m, ")");
         size_t es = H5Tget_size(t);
-        const char *tn = H5Tget_class(t) == H5T_FLOAT ? (es == 4 ? "float32" : es == 8 ? "float64"
-                                                                                       : "float")
+        const char *tn = H5Tget_class(t) == H5T_FLOAT ? (es == 4   ? "float32"
+                                                         : es == 8 ? "float64"
+                                                                   : "float")
                                                       : "non-float";
         printf("  %-36s %-20s %s\n", name, shape, tn);
         w->count++;
-        w->numel += numel;
+        w->numel = numel > UINT64_MAX - w->numel ? UINT64_MAX : w->numel + numel;
     }
     if (t >= 0) H5Tclose(t);
     if (sp >= 0) H5Sclose(sp);
@@ -281,15 +294,15 @@ static int inspect_checkpoint(hid_t file, const char *path)
     }
     if (H5Lexists(file, "/model", H5P_DEFAULT) <= 0) {
         fflush(stdout);
-        return strata_cli_fail("inspect", strata_errorf(STRATA_EINPUT, "%s: no /model group",
-                                                        path));
+        return strata_cli_fail("inspect",
+                               strata_errorf(STRATA_EINPUT, "%s: no /model group", path));
     }
     hid_t g = H5Gopen2(file, "/model", H5P_DEFAULT);
     if (g < 0) {
         fflush(stdout);
-        return strata_cli_fail("inspect",
-                               strata_errorf(STRATA_EINPUT, "%s: /model is not a group (%s)", path,
-                                             hdf5_reason(why)));
+        return strata_cli_fail(
+            "inspect",
+            strata_errorf(STRATA_EINPUT, "%s: /model is not a group (%s)", path, hdf5_reason(why)));
     }
     printf("  /model:\n");
     idx = 0;
@@ -297,15 +310,20 @@ static int inspect_checkpoint(hid_t file, const char *path)
     H5Gclose(g);
     if (r < 0) {
         if (!w.err.code)
-            w.err = strata_errorf(STRATA_EINPUT, "%s: cannot list /model (%s)", path,
-                                  hdf5_reason(why));
+            w.err =
+                strata_errorf(STRATA_EINPUT, "%s: cannot list /model (%s)", path, hdf5_reason(why));
         fflush(stdout);
         return strata_cli_fail("inspect", w.err);
     }
-    printf("  %ld tensors, %" PRId64 " parameters\n", w.count, w.numel);
+    if (w.numel == UINT64_MAX)
+        printf("  %ld tensors, too many parameters to count\n", w.count);
+    else
+        printf("  %ld tensors, %" PRIu64 " parameters\n", w.count, w.numel);
     long m = count_links(file, "/optim/m"), v = count_links(file, "/optim/v");
-    if (m >= 0 || v >= 0) printf("  /optim: %ld m and %ld v tensors\n", m, v);
-    else printf("  /optim: none (model only)\n");
+    if (m >= 0 || v >= 0)
+        printf("  /optim: %ld m and %ld v tensors\n", m > 0 ? m : 0, v > 0 ? v : 0);
+    else
+        printf("  /optim: none (model only)\n");
     return 0;
 }
 
@@ -357,12 +375,20 @@ static int inspect_file(const char *path, int T, int check)
     H5Pset_file_locking(fapl, 0, 1);
 #endif
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    hdf5_reason(why); /* before the next call clears the error stack */
     H5Pclose(fapl);
     if (file < 0)
-        return strata_cli_fail("inspect",
-                               strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path,
-                                             hdf5_reason(why)));
-    char fmt[64];
+        return strata_cli_fail(
+            "inspect", strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path, why));
+    /* HDF5 1.10 decodes attribute messages without bounds checks: look at
+     * the root group's before asking it for any attribute. */
+    char fmt[64] = "", bad[256];
+    if (!strata_hdf5_attrs_ok(file, bad, sizeof bad)) {
+        H5Fclose(file);
+        return strata_cli_fail(
+            "inspect",
+            strata_errorf(STRATA_EINPUT, "%s: attributes of / are damaged (%s)", path, bad));
+    }
     root_format(file, fmt, sizeof fmt);
     int rc;
     if (strcmp(fmt, CKPT_FORMAT) == 0) {
@@ -417,8 +443,8 @@ int strata_cli_inspect(int argc, char **argv)
                                strata_errorf(STRATA_EINPUT, "%s: %s", path, strerror(errno)));
     if (S_ISDIR(st.st_mode)) return inspect_stream(path, T, check);
     size_t n = strlen(path);
-    int hdf5_name = (n >= 3 && !strcmp(path + n - 3, ".h5")) ||
-                    (n >= 5 && !strcmp(path + n - 5, ".hdf5"));
+    int hdf5_name =
+        (n >= 3 && !strcmp(path + n - 3, ".h5")) || (n >= 5 && !strcmp(path + n - 5, ".hdf5"));
     if (hdf5_name || H5Fis_hdf5(path) > 0) return inspect_file(path, T, check);
     H5Eclear2(H5E_DEFAULT);
     return inspect_stream(path, T, check);

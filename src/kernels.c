@@ -434,3 +434,66 @@ void strata_dropout_apply(float *out, const float *inp, const strata_dropout *d,
             else mask_span_copy(out + at, inp + at, row, i0, n, s);
         }
 }
+
+/* Rows of the vocabulary per G block: G (LM_HEAD_ROWS, C) stays small while
+ * each sgemm is still large (LM_HEAD_ROWS x C x N). */
+#define LM_HEAD_ROWS 2048
+
+size_t strata_lm_head_scratch_floats(int N, int C)
+{
+    return 4 * (size_t)C /* two double sums */ + (size_t)N * C /* xhat */ +
+           (size_t)LM_HEAD_ROWS * (C + 1) /* G, s */;
+}
+
+/* Determinism: s sums each column over rows in order (split by column), the
+ * sums over v run in block order and within a block in row order, each
+ * thread owning a range of channels; in double, as they add Vp terms. */
+void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlogits,
+                             const float *inp, const float *mean, const float *rstd,
+                             const float *wte, const float *w, const float *b, int N, int C,
+                             int Vp, float *scratch)
+{
+    double *sum_w = (double *)scratch, *sum_b = sum_w + C;
+    float *xhat = (float *)(sum_b + C), *G = xhat + (size_t)N * C;
+    float *s = G + (size_t)LM_HEAD_ROWS * C;
+    for (int c = 0; c < C; c++) sum_w[c] = sum_b[c] = 0.0;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *xh = xhat + (size_t)n * C;
+        for (int c = 0; c < C; c++) xh[c] = (x[c] - mean[n]) * rstd[n];
+    }
+    for (int v0 = 0; v0 < Vp; v0 += LM_HEAD_ROWS) {
+        int nv = Vp - v0 < LM_HEAD_ROWS ? Vp - v0 : LM_HEAD_ROWS;
+#pragma omp parallel for schedule(static)
+        for (int j0 = 0; j0 < nv; j0 += 64) {
+            int j1 = j0 + 64 < nv ? j0 + 64 : nv;
+            for (int j = j0; j < j1; j++) s[j] = 0.0f;
+            for (int n = 0; n < N; n++) {
+                const float *d = dlogits + (size_t)n * Vp + v0;
+                for (int j = j0; j < j1; j++) s[j] += d[j];
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nv, C, N, 1.0f, dlogits + v0, Vp,
+                    xhat, C, 0.0f, G, C);
+#pragma omp parallel for schedule(static)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            int c1 = c0 + 16 < C ? c0 + 16 : C;
+            for (int j = 0; j < nv; j++) {
+                const float *g = G + (size_t)j * C, *e = wte + (size_t)(v0 + j) * C;
+                for (int c = c0; c < c1; c++) {
+                    sum_w[c] += (double)e[c] * g[c];
+                    sum_b[c] += (double)e[c] * s[j];
+                }
+                if (dwte) {
+                    float *dwr = dwte + (size_t)(v0 + j) * C;
+                    for (int c = c0; c < c1; c++) dwr[c] += g[c] * w[c] + s[j] * b[c];
+                }
+            }
+        }
+    }
+    for (int c = 0; c < C; c++) {
+        if (dw) dw[c] += (float)sum_w[c];
+        if (db) db[c] += (float)sum_b[c];
+    }
+}

@@ -64,6 +64,8 @@ struct strata_model {
     uint64_t *drop_bits;       /* embed, then per block: attn, attn.c_proj, mlp.c_proj */
     uint64_t *drop_keys;       /* (1 + 3L, B) row keys, same order */
     size_t drop_words;
+    float *head_scratch; /* feature extraction's lm head backward */
+    size_t head_scratch_floats;
 };
 
 static void add_tensor(strata_model *m, const char *name, int layer, int rows, int cols,
@@ -141,6 +143,7 @@ void strata_model_free(strata_model *m)
     free(m->targets);
     free(m->drop_bits);
     free(m->drop_keys);
+    free(m->head_scratch);
     free(m);
 }
 
@@ -281,10 +284,14 @@ size_t strata_model_activation_bytes(const strata_model *m)
  *                ^ ((layer + 1) * 4 + site))
  *
  * with layer -1 for the embedding site and site as in model.h. Nothing else
- * enters: not the rank, the micro-batch or the thread count. The bits of a
- * forward are kept (about 3.6 MiB on the small config) for its backward:
- * regenerating them there costs more time than reading them back (measured,
- * see tests/unit/test_dropout.c); STRATA_DROPOUT_RECOMPUTE builds the other. */
+ * enters: not the rank, the micro-batch or the thread count.
+ *
+ * The backward reads back the forward's bits rather than regenerating them:
+ * on the small config they take 3.5 MiB (against 0.8 GiB of activations)
+ * and regenerating them all costs ~16 ms of CPU per step (measured with
+ * STRATA_BENCH=dropout of test_dropout), so storing is the faster of the two
+ * for a negligible memory cost. STRATA_DROPOUT_RECOMPUTE=1 builds the other
+ * way, for measuring it again. */
 #define DROPOUT_TAG 0x64726f706f757421ull /* "dropout!" */
 #ifndef STRATA_DROPOUT_RECOMPUTE
 #define STRATA_DROPOUT_RECOMPUTE 0
@@ -311,14 +318,14 @@ static int dropout_slot(int layer, int site)
     return site == STRATA_DROPOUT_EMBED ? 0 : 1 + 3 * layer + (site - 1);
 }
 
+/* The bits of a slot: (B, words) after those of the slots before it. */
 static uint64_t *dropout_words(const strata_model *m, int slot)
 {
-    size_t off = slot == 0 ? 0
-                           : (size_t)m->drop_B * (m->words_res +
-                                                  (size_t)(slot - 1) / 3 * (m->words_att + 2 * m->words_res) +
-                                                  ((slot - 1) % 3 >= 1 ? m->words_att : 0) +
-                                                  ((slot - 1) % 3 == 2 ? m->words_res : 0));
-    return m->drop_bits + off;
+    if (slot == 0) return m->drop_bits;
+    int l = (slot - 1) / 3, k = (slot - 1) % 3;
+    size_t per_block = (size_t)m->words_att + 2 * (size_t)m->words_res;
+    size_t within = k == 0 ? 0 : (size_t)m->words_att + (k == 2 ? (size_t)m->words_res : 0);
+    return m->drop_bits + (size_t)m->drop_B * (m->words_res + l * per_block + within);
 }
 
 static strata_dropout dropout_of(const strata_model *m, int layer, int site)
@@ -412,7 +419,10 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
     if (drop) {
         int failed;
         TIMED(elementwise, failed = dropout_prepare(m, B, T));
-        if (failed) return NAN;
+        if (failed) {
+            m->fwd_drop = m->fwd_has_targets = 0; /* nothing for a backward to use */
+            return NAN;
+        }
     }
 
     TIMED(elementwise, strata_encoder_forward(m->encoded, inputs, wte, wpe, B, T, C));
@@ -556,6 +566,35 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
                                                  C));
 }
 
+/* Feature extraction: only ln_f and the lm head train, so the gradient
+ * w.r.t. ln_f's input is never needed, and strata_lm_head_backward gets
+ * ln_f's and wte's gradients from one (Vp, N) x (N, C) product instead of
+ * two. Off by default: ln_f's gradient then comes from another summation
+ * than the full backward's, and test_model_gradcheck.c holds the two to the
+ * same bits. Returns 0 (do it the usual way) when off or out of memory. */
+#ifndef STRATA_FE_LM_HEAD_IDENTITY
+#define STRATA_FE_LM_HEAD_IDENTITY 1
+#endif
+static int head_backward_without_dinp(strata_model *m, float *dwte, const float *final_res,
+                                      int BT)
+{
+    if (!STRATA_FE_LM_HEAD_IDENTITY) return 0;
+    int C = m->shape.n_embd, Vp = m->shape.padded_vocab;
+    size_t need = strata_lm_head_scratch_floats(BT, C);
+    if (need > m->head_scratch_floats) {
+        free(m->head_scratch);
+        m->head_scratch = malloc(need * sizeof(float));
+        m->head_scratch_floats = m->head_scratch ? need : 0;
+        if (!m->head_scratch) return 0;
+    }
+    size_t lnf_w = m->tensors[m->n_tensors - 2].offset, lnf_b = m->tensors[m->n_tensors - 1].offset;
+    TIMED(matmul, strata_lm_head_backward(dwte, m->grads + lnf_w, m->grads + lnf_b, m->logits,
+                                          final_res, m->lnf_mean, m->lnf_rstd, m->params,
+                                          m->params + lnf_w, m->params + lnf_b, BT, C, Vp,
+                                          m->head_scratch));
+    return 1;
+}
+
 void strata_model_backward(strata_model *m, const strata_backward_opts *o)
 {
     int L = m->shape.n_layer, C = m->shape.n_embd, Vp = m->shape.padded_vocab;
@@ -579,10 +618,15 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *o)
 
     /* lm head (tied to wte) and the final LayerNorm. */
     int need_below = first < L || (first == 0 && embeddings_train);
+    const float *final_res = L > 0 ? m->blocks[L - 1].res3 : m->encoded;
+    if (!need_below && head_backward_without_dinp(m, dwte, final_res, BT)) {
+        notify(o, L);
+        notify(o, -1);
+        return;
+    }
     memset(m->d_small, 0, (size_t)BT * C * sizeof(float));
     TIMED(matmul, strata_matmul_backward(m->d_small, dwte, NULL, m->logits, m->lnf, m->params, BT,
                                          C, Vp));
-    const float *final_res = L > 0 ? m->blocks[L - 1].res3 : m->encoded;
     memset(m->d_res, 0, (size_t)BT * C * sizeof(float));
     TIMED(elementwise,
           strata_layernorm_backward(need_below ? m->d_res : NULL,

@@ -7,9 +7,9 @@
 
 /* Domain tags keep the new-data permutation and the replay draws on
  * independent streams of the counter RNG even for equal counters. */
-#define TAG_NEW 0x6e65772d77696e64ull    /* "new-wind" */
+#define TAG_NEW    0x6e65772d77696e64ull /* "new-wind" */
 #define TAG_SOURCE 0x7265706c2d737263ull /* "repl-src" */
-#define TAG_INDEX 0x7265706c2d696478ull  /* "repl-idx" */
+#define TAG_INDEX  0x7265706c2d696478ull /* "repl-idx" */
 
 int strata_sampler_replay_slots(double replay_ratio, int global_batch)
 {

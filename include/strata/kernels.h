@@ -10,6 +10,7 @@
 #ifndef STRATA_KERNELS_H
 #define STRATA_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* out[b,t,:] = wte[inp[b,t],:] + wpe[t,:] */
@@ -93,5 +94,22 @@ void strata_attention_forward_dropout(float *out, float *att, float *scratch, co
 void strata_attention_backward_dropout(float *dqkv, float *datt, const float *dout,
                                        const float *qkv, const float *att, int B, int T, int C,
                                        int NH, const strata_dropout *d);
+
+/* ---- feature extraction ------------------------------------------------
+ * The tied lm head and the final LayerNorm's weight and bias, backward,
+ * without the (N, C) gradient w.r.t. the LayerNorm's input (which only the
+ * blocks below would need). With y = xhat * w + b, xhat = (x - mean) * rstd,
+ * logits = y @ wte^T, G = dlogits^T @ xhat (Vp, C) and s the column sums of
+ * dlogits (Vp):
+ *   dwte += dlogits^T @ y = G * w + s b^T
+ *   dw   += sum_n (dlogits @ wte) * xhat = sum_v wte * G
+ *   db   += sum_n (dlogits @ wte)        = sum_v wte * s
+ * One (Vp, N) x (N, C) product instead of two. dwte may be NULL; scratch
+ * holds strata_lm_head_scratch_floats(N, C) floats. */
+size_t strata_lm_head_scratch_floats(int N, int C);
+void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlogits,
+                             const float *inp, const float *mean, const float *rstd,
+                             const float *wte, const float *w, const float *b, int N, int C,
+                             int Vp, float *scratch);
 
 #endif

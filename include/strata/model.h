@@ -100,7 +100,8 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
  * step, sample_ids[b], layer, site, position), so a resumed run and a run on
  * any number of ranks draw the same masks; sample_ids (B) name each row of
  * the batch globally (its slot in the global batch). p = 0 turns dropout off
- * (evaluation); backward reuses the forward's masks. */
+ * (evaluation); backward reuses the forward's masks. sample_ids is read by
+ * each forward until the next call (NULL: row b is sample b). */
 void strata_model_set_dropout(strata_model *m, float p, uint64_t seed, long step,
                               const int64_t *sample_ids);
 

@@ -36,7 +36,7 @@
 #include "strata/err.h"
 
 #define STRATA_SAMPLER_MAX_REPLAY 8
-#define STRATA_SAMPLER_WINDOW 1024 /* default shuffle window, in samples */
+#define STRATA_SAMPLER_WINDOW     1024 /* default shuffle window, in samples */
 
 typedef struct strata_sampler {
     uint64_t seed;

@@ -51,6 +51,10 @@ strata_err strata_shard_verify(strata_shard *s);
  * call this before any H5Aread of such a string from an untrusted file. On
  * 0, why receives the problem. */
 int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t why_len);
+/* 1 when every attribute message in the header of HDF5 object obj is sound
+ * (HDF5 1.10 decodes them without bounds checks); call before any attribute
+ * call on an object of an untrusted file. */
+int strata_hdf5_attrs_ok(int64_t obj, char *why, size_t why_len);
 void strata_shard_close(strata_shard *s);
 
 /* Writing (used by `strata pack`): tokens are appended in order; a document

@@ -24,7 +24,9 @@
  * An entry whose file does not exist yet, and a manifest's last line while
  * it lacks its newline, are taken as "not written yet": the stream stops
  * before them until a later refresh. An existing entry that changed (other
- * path, other size or modification time) is an error.
+ * path, other size or modification time) or is gone is an error. So a
+ * producer appends lines to the manifest (or renames a new one into place)
+ * and writes each shard under another name first, as `strata pack` does.
  */
 #ifndef STRATA_STREAM_H
 #define STRATA_STREAM_H
@@ -37,8 +39,8 @@
 typedef struct strata_stream strata_stream;
 
 typedef struct strata_stream_shard {
-    const char *path;     /* as opened: manifest directory joined with the entry */
-    const char *name;     /* the file's base name, for fingerprints */
+    const char *path; /* as opened: manifest directory joined with the entry */
+    const char *name; /* the file's base name, for fingerprints */
     strata_shard_info info;
     int64_t n_samples;    /* at the stream's seq_len */
     int64_t first_sample; /* index of its first sample in the stream */

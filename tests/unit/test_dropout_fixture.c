@@ -197,8 +197,10 @@ static void masks_are_the_ones_strata_draws_bit_for_bit(void **state)
         for (int k = 0; k < (l < 0 ? 1 : 3); k++) {
             int site = l < 0 ? STRATA_DROPOUT_EMBED : sites[k];
             char path[64];
-            if (l < 0) snprintf(path, sizeof path, "/masks/embed");
-            else snprintf(path, sizeof path, "/masks/h.%d.%s", l, names[k]);
+            if (l < 0)
+                snprintf(path, sizeof path, "/masks/embed");
+            else
+                snprintf(path, sizeof path, "/masks/h.%d.%s", l, names[k]);
             hsize_t dims[4] = {(hsize_t)x->B, (hsize_t)x->NH, (hsize_t)x->T, (hsize_t)x->T};
             int nd = 4;
             if (site != STRATA_DROPOUT_ATTN) dims[1] = x->T, dims[2] = x->C, nd = 3;
@@ -212,13 +214,15 @@ static void masks_are_the_ones_strata_draws_bit_for_bit(void **state)
                 differ += memcmp(&want[i], &got[i], sizeof(float)) != 0;
                 dropped += got[i] == 0.0f;
             }
-            if (differ) fail_msg("%s: %zu of %zu mask values differ from strata's", path, differ, n);
+            if (differ)
+                fail_msg("%s: %zu of %zu mask values differ from strata's", path, differ, n);
             total += n;
             free(want), free(got);
         }
     }
     print_message("masks: %zu factors at %d sites, the same bits as strata's; %.4f dropped "
-                  "(p = %.2f)\n", total, 1 + 3 * x->L, (double)dropped / total, x->p);
+                  "(p = %.2f)\n",
+                  total, 1 + 3 * x->L, (double)dropped / total, x->p);
     assert_true(dropped > 0);
 }
 

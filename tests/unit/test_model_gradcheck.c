@@ -514,7 +514,17 @@ static void stop_at_top_gives_gradients_only_to_ln_f_and_the_lm_head(void **stat
     size_t wb, we;
     extent(s->m, wte, &wb, &we);
     assert_true(all_zero(g, wpe->offset, lnf_w->offset)); /* wpe and every block */
-    assert_true(same_bits(g, s->full_grad, lnf_w->offset, strata_model_n_floats(s->m)));
+    /* ln_f's gradient comes from G = dlogits^T xhat without forming dlogits wte
+     * (model.c): equal to the full backward's up to rounding. */
+    {
+        size_t lo = lnf_w->offset, hi = strata_model_n_floats(s->m);
+        double diff = 0, scale = 0;
+        for (size_t i = lo; i < hi; i++) {
+            diff = fmax(diff, fabs((double)g[i] - s->full_grad[i]));
+            scale = fmax(scale, fabs((double)s->full_grad[i]));
+        }
+        assert_true(diff <= 1e-5 * scale);
+    }
     assert_true(all_zero(g, wb + wte->numel, we));
     /* wte's gradient is the lm head's share only: finite differences of the
      * reference with an untied lm head that starts equal to wte. */

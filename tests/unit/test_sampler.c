@@ -1,15 +1,17 @@
 /* test_sampler.c — the data order is a pure function of (seed, step, slot,
  * stream lengths): the same for any world size, exact in its replay
  * fraction, each new sample once per pass, resumable at any step. */
-#include <math.h>
+/* clang-format off */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <cmocka.h>
+/* clang-format on */
+
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <cmocka.h>
 
 #include "strata/sampler.h"
 
