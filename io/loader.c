@@ -24,8 +24,8 @@
 #include "strata/shard.h"
 #include "strata/stream.h"
 
-#define N_SOURCES (1 + STRATA_SAMPLER_MAX_REPLAY)
-#define CACHE_SLOTS 32 /* open shards kept per loader */
+#define N_SOURCES   (1 + STRATA_SAMPLER_MAX_REPLAY)
+#define CACHE_SLOTS 16 /* open shards kept per loader (each keeps ~32 MiB of chunks) */
 
 enum { BUF_FREE, BUF_FILLING, BUF_READY };
 
@@ -180,8 +180,10 @@ static char *build_fingerprint(strata_loader *l)
     if (!out) goto fail;
     size_t m = 0;
     for (int i = 0; i < nsrc; i++) {
-        if (i == 0) m += (size_t)snprintf(out + m, total - m, "new=%s", parts[i]);
-        else m += (size_t)snprintf(out + m, total - m, ";replay%d=%s", i, parts[i]);
+        if (i == 0)
+            m += (size_t)snprintf(out + m, total - m, "new=%s", parts[i]);
+        else
+            m += (size_t)snprintf(out + m, total - m, ";replay%d=%s", i, parts[i]);
         free(parts[i]);
     }
     return out;
@@ -278,8 +280,8 @@ static strata_err await_step(strata_loader *l, long step, double deadline, int *
         int64_t usable = l->sp.new_samples / l->sp.window * l->sp.window;
         pthread_mutex_lock(&l->mu);
         snprintf(l->wait_msg, sizeof l->wait_msg,
-                 "waiting for new shards in %s: step %ld needs %" PRId64
-                 " new samples, %" PRId64 " usable (whole windows of %" PRId64 ")",
+                 "waiting for new shards in %s: step %ld needs %" PRId64 " new samples, %" PRId64
+                 " usable (whole windows of %" PRId64 ")",
                  l->cfg.new_path, step, ((int64_t)step + 1) * per_step, usable, l->sp.window);
         pthread_mutex_unlock(&l->mu);
         if (l->cfg.follow_timeout_s > 0 && t - l->wait_since >= l->cfg.follow_timeout_s) {
@@ -325,8 +327,8 @@ static void fill_step(strata_loader *l, buffer *b, long step, double deadline)
         strata_sample_ref ref;
         int j = l->cfg.slot_begin + r;
         if (strata_sampler_slot(&l->sp, step, j, &ref) != STRATA_SAMPLE_OK) {
-            b->err = strata_errorf(STRATA_EFAIL, "loader: slot %d of step %ld has no sample", j,
-                                   step);
+            b->err =
+                strata_errorf(STRATA_EFAIL, "loader: slot %d of step %ld has no sample", j, step);
             return;
         }
         read_item *it = &l->items[r];
@@ -428,8 +430,8 @@ static strata_err open_streams(strata_loader *l, int R)
     for (int i = 0; i < c->n_replay; i++) {
         STRATA_TRY(strata_stream_open(&l->src[1 + i], c->replay[i].path, &o));
         if (strata_stream_n_samples(l->src[1 + i]) == 0 && c->replay[i].weight > 0 && R > 0)
-            return strata_errorf(STRATA_EINPUT, "%s: no samples at seq_len %d",
-                                 c->replay[i].path, c->seq_len);
+            return strata_errorf(STRATA_EINPUT, "%s: no samples at seq_len %d", c->replay[i].path,
+                                 c->seq_len);
     }
     /* One tokenizer for everything the model sees. */
     const strata_shard_info *first = NULL;
@@ -443,7 +445,8 @@ static strata_err open_streams(strata_loader *l, int R)
         } else if (strcmp(in->tokenizer, first->tokenizer) != 0 ||
                    in->vocab_size != first->vocab_size) {
             return strata_errorf(STRATA_EINPUT,
-                                 "%s: tokenizer %s (vocab_size %d) differs from %s's %s (%d)",
+                                 "%s: tokenizer %s with vocab_size %d, but %s has tokenizer %s "
+                                 "with vocab_size %d (one model reads one tokenizer's ids)",
                                  strata_stream_path(l->src[i]), in->tokenizer, in->vocab_size,
                                  first_path, first->tokenizer, first->vocab_size);
         }
@@ -506,8 +509,10 @@ strata_err strata_loader_open(strata_loader **out, const strata_loader_config *c
         e = strata_errorf(STRATA_EFAIL, "loader: out of memory");
     if (!e.code && cfg->prefetch) {
         int rc = pthread_create(&l->thread, NULL, worker_main, l);
-        if (rc) e = strata_errorf(STRATA_EFAIL, "loader: cannot start thread: %s", strerror(rc));
-        else l->have_thread = 1;
+        if (rc)
+            e = strata_errorf(STRATA_EFAIL, "loader: cannot start thread: %s", strerror(rc));
+        else
+            l->have_thread = 1;
     }
     if (e.code) {
         strata_loader_close(l);
@@ -648,8 +653,8 @@ struct strata_evalset {
     int T;
 };
 
-strata_err strata_evalset_open(strata_evalset **out, const char *path, int seq_len,
-                               int vocab_size, long max_samples)
+strata_err strata_evalset_open(strata_evalset **out, const char *path, int seq_len, int vocab_size,
+                               long max_samples)
 {
     *out = NULL;
     strata_evalset *e = calloc(1, sizeof *e);

@@ -3,12 +3,19 @@
  * The reader trusts nothing in the file. Opening checks, in order: the file
  * is HDF5 and opens; /tokens is a 1-D unsigned 16- or 32-bit integer
  * dataset; its filters are available; its data is actually stored (every
- * chunk present, or the contiguous block inside the file); the four
- * attributes have the right class and a value in range. Reading checks every
- * token id against vocab_size. HDF5 reports damage as an error on its error
- * stack; we never let it print (H5Eset_auto2 off, per thread, since the
- * thread-safe build keeps one stack per thread) and fold the innermost
- * message into ours instead.
+ * chunk present, or the contiguous block inside the file); its attribute
+ * messages are sound; the four attributes have the right class and a value
+ * in range. Reading checks every chunk it touches the first time and every
+ * token id against vocab_size.
+ *
+ * HDF5 1.10 itself is not safe on damaged files: it crashes or hangs on a
+ * corrupt attribute message, global heap or filter mask (found by flipping
+ * bytes of real shards). Where it would, we look at the bytes first, with
+ * plain reads of the file, and refuse what HDF5 would trip over; see
+ * "attribute messages" and check_storage below. HDF5 reports other damage
+ * as an error on its error stack; we never let it print (H5Eset_auto2 off,
+ * per thread, since the thread-safe build keeps one stack per thread) and
+ * fold the innermost message into ours instead.
  */
 #include "strata/shard.h"
 
@@ -23,11 +30,50 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
+
+/* What a filtered chunk must look like before HDF5 may read it (see
+ * check_chunk): chunks are checked at their first read, since HDF5 1.10
+ * finds one chunk's record only by walking the index. */
+typedef struct chunk_rules {
+    int64_t n_chunks;
+    uint64_t chunk_bytes, file_bytes;
+    uint64_t optional; /* filters a chunk may skip */
+    uint64_t all;      /* every filter of the pipeline */
+    uint8_t *checked;  /* one bit per chunk; NULL when unfiltered or decoded here */
+} chunk_rules;
+
+/* Chunks compressed with deflate (and shuffle, as `strata pack` and h5py
+ * write them) are read raw and decoded here: HDF5 1.10 copies a whole
+ * chunk out of whatever its filters returned, so a damaged chunk or chunk
+ * shape makes it read past its buffer, and no check from outside can see
+ * the inflated size before HDF5 trusts it. Decoded chunks are kept, least
+ * recently used out. */
+#define MAX_FILTERS 8
+typedef struct decoded {
+    int64_t chunk; /* -1: empty */
+    uint8_t *data; /* chunk_bytes, file byte order */
+    uint64_t used;
+} decoded;
+
+typedef struct own_decoder {
+    int on;
+    int n_filters;
+    int filter[MAX_FILTERS]; /* H5Z_FILTER_DEFLATE or H5Z_FILTER_SHUFFLE, in pipeline order */
+    uint8_t *raw, *work[2];  /* a stored chunk; two chunks of scratch */
+    size_t raw_cap;
+    decoded *cache;
+    int n_cache;
+    uint64_t tick;
+} own_decoder;
 
 struct strata_shard {
     char *path;
     hid_t file, dset;
     strata_shard_info info;
+    int big_endian; /* byte order of /tokens in the file */
+    chunk_rules rules;
+    own_decoder dec;
     uint16_t *scratch; /* uint16 shards are read here, then widened */
     size_t scratch_cap;
 };
@@ -64,16 +110,36 @@ static void type_name(hid_t t, char *buf, size_t n)
     case H5T_INTEGER:
         snprintf(buf, n, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * size);
         break;
-    case H5T_FLOAT: snprintf(buf, n, "float%zu", 8 * size); break;
-    case H5T_STRING: snprintf(buf, n, "a string"); break;
-    case H5T_COMPOUND: snprintf(buf, n, "a compound type"); break;
-    case H5T_ARRAY: snprintf(buf, n, "an array type"); break;
-    case H5T_ENUM: snprintf(buf, n, "an enum"); break;
-    case H5T_BITFIELD: snprintf(buf, n, "a bitfield"); break;
-    case H5T_OPAQUE: snprintf(buf, n, "opaque"); break;
-    case H5T_REFERENCE: snprintf(buf, n, "a reference"); break;
-    case H5T_VLEN: snprintf(buf, n, "a variable-length sequence"); break;
-    default: snprintf(buf, n, "an unknown type"); break;
+    case H5T_FLOAT:
+        snprintf(buf, n, "float%zu", 8 * size);
+        break;
+    case H5T_STRING:
+        snprintf(buf, n, "a string");
+        break;
+    case H5T_COMPOUND:
+        snprintf(buf, n, "a compound type");
+        break;
+    case H5T_ARRAY:
+        snprintf(buf, n, "an array type");
+        break;
+    case H5T_ENUM:
+        snprintf(buf, n, "an enum");
+        break;
+    case H5T_BITFIELD:
+        snprintf(buf, n, "a bitfield");
+        break;
+    case H5T_OPAQUE:
+        snprintf(buf, n, "opaque");
+        break;
+    case H5T_REFERENCE:
+        snprintf(buf, n, "a reference");
+        break;
+    case H5T_VLEN:
+        snprintf(buf, n, "a variable-length sequence");
+        break;
+    default:
+        snprintf(buf, n, "an unknown type");
+        break;
     }
 }
 
@@ -115,18 +181,20 @@ static strata_err read_int_attr(hid_t obj, const char *path, const char *name, i
     return e;
 }
 
-/* ---- variable-length strings: check before HDF5 reads them ------------
+/* ---- attribute messages: check before HDF5 decodes them ---------------
  *
- * A variable-length string attribute holds (length, heap collection
- * address, object index) and its bytes live in a global heap collection.
- * HDF5 1.10 trusts all three: a damaged index or object size makes
- * H5HG_read copy from a wild pointer or past its buffer, and a zero-sized
- * free-space record makes the collection parser loop forever. h5py writes
- * every str attribute this way, so before any H5Aread of such a string we
- * find the attribute message in the object header ourselves (plain reads
- * of the file, versions 1 and 2 headers, following continuation chunks),
- * walk the heap collection exactly as HDF5 will, and refuse unless the
- * object exists with the declared length. */
+ * HDF5 1.10 trusts the attribute messages of an object header (version 1
+ * headers carry no checksum): a damaged name length, datatype or dataspace
+ * makes its decoder copy past its buffers. And a variable-length string
+ * attribute holds (length, heap collection address, object index) whose
+ * bytes live in a global heap collection that H5HG_read trusts too: a bad
+ * index copies from a wild pointer, a bad size overruns the buffer, a
+ * zero-sized free-space record loops forever. h5py writes every str
+ * attribute this way. So before HDF5 touches the attributes of an object
+ * from an untrusted file, we read its object header ourselves (plain reads,
+ * header versions 1 and 2, following continuation chunks), apply to every
+ * attribute message the bounds checks later HDF5 releases added, and walk
+ * any heap collection a string points into exactly as HDF5 will. */
 
 typedef struct rawfile {
     int fd;
@@ -147,39 +215,151 @@ static int raw_read(const rawfile *r, uint64_t addr, void *buf, size_t n)
     return pread(r->fd, buf, n, (off_t)(r->base + addr)) == (ssize_t)n ? 0 : -1;
 }
 
-#define MAX_CHUNKS 64
+static uint64_t align8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
+
+#define MAX_CHUNKS      64
 #define MAX_CHUNK_BYTES ((size_t)1 << 20)
 
 typedef struct hdr_scan {
-    const char *name;
+    const char *name; /* attribute whose vlen descriptor we want, or NULL */
     int found;
-    unsigned char desc[4 + 8 + 4]; /* the vlen descriptor of the attribute */
+    unsigned char desc[16]; /* its descriptor: length, heap address, index */
+    const char *problem;    /* the first damage seen */
     uint64_t cont_addr[MAX_CHUNKS], cont_len[MAX_CHUNKS];
     int n_cont;
 } hdr_scan;
 
-static uint64_t align8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
-
-/* The descriptor of attribute message m (n bytes), laid out as HDF5's
- * H5O_attr_decode reads it; -1 when it does not fit in the message. */
-static int attr_descriptor(const rawfile *r, const unsigned char *m, size_t n, hdr_scan *sc)
+/* Size in the file of one element of the datatype encoded at dt (n bytes
+ * available), checked as strictly as HDF5's decoder checks it (its error
+ * paths are no safer than its bounds); 0 when not sane. *used receives the
+ * encoding's length. Classes whose members we do not walk (compound, array,
+ * time, reference) pass on their size field alone. */
+static uint64_t dtype_check(const rawfile *r, const unsigned char *dt, uint64_t n, int depth,
+                            uint64_t *used)
 {
-    if (n < 8) return -1;
-    unsigned version = m[0];
-    uint64_t name_len = le(m + 2, 2), dt = le(m + 4, 2), ds = le(m + 6, 2);
+    if (n < 8 || depth > 4) return 0;
+    unsigned cls = dt[0] & 0x0f, version = dt[0] >> 4;
+    uint64_t size = le(dt + 4, 4);
+    *used = 8;
+    if (version < 1 || version > 3 || cls > 10 || size == 0 || size > ((uint64_t)1 << 24)) return 0;
+    switch (cls) {
+    case 0: /* integer: bit offset, precision */
+    case 4: /* bitfield */
+        if (n < 12 || le(dt + 8, 2) + le(dt + 10, 2) > 8 * size || le(dt + 10, 2) == 0) return 0;
+        *used = 12;
+        return size;
+    case 1: /* float: offset, precision, exponent and mantissa fields, bias */
+        if (n < 20 || le(dt + 8, 2) + le(dt + 10, 2) > 8 * size || le(dt + 10, 2) == 0) return 0;
+        *used = 20;
+        return size;
+    case 3: /* fixed-length string */
+        return size;
+    case 9: { /* variable-length: sequence (type 0) or string (type 1) of a base type */
+        unsigned kind = dt[1] & 0x0f;
+        uint64_t bused = 0, bsize = dtype_check(r, dt + 8, n - 8, depth + 1, &bused);
+        if (kind > 1 || bsize == 0 || (kind == 1 && bsize != 1) || size != 4 + r->sa + 4) return 0;
+        *used = 8 + bused;
+        return 4 + r->sa + 4; /* on disk: length and a heap reference */
+    }
+    case 8: { /* enum: base type, then member names and values */
+        uint64_t nmemb = le(dt + 1, 2), bused = 0;
+        uint64_t bsize = dtype_check(r, dt + 8, n - 8, depth + 1, &bused);
+        if (bsize == 0 || bsize != size || nmemb > 65535) return 0;
+        uint64_t pos = 8 + bused;
+        for (uint64_t i = 0; i < nmemb; i++) {
+            const unsigned char *nm = dt + pos;
+            size_t len = pos < n ? strnlen((const char *)nm, n - pos) : 0;
+            if (pos >= n || len == n - pos) return 0;
+            pos += version < 3 ? align8(len + 1) : len + 1;
+        }
+        if (pos > n || nmemb * size > n - pos) return 0;
+        *used = pos + nmemb * size;
+        return size;
+    }
+    default:
+        return size;
+    }
+}
+
+/* Elements in the dataspace message ds (n bytes); -1 when not sane. */
+static int64_t dspace_points(const rawfile *r, const unsigned char *ds, uint64_t n)
+{
+    if (n < 4) return -1;
+    unsigned version = ds[0], rank = ds[1], flags = ds[2];
+    uint64_t head = version == 1 ? 8 : 4;
+    if (version < 1 || version > 2 || rank > 32) return -1;
+    if (version == 2 && ds[3] == 2) return 0; /* null dataspace */
+    if (version == 2 && ds[3] == 0) return 1; /* scalar */
+    if (version == 2 && ds[3] != 1) return -1;
+    if (flags & ~3u || (version == 2 && (flags & 2))) return -1;
+    if (rank == 0) return 1;
+    uint64_t per = flags & 1 ? 2 : 1;
+    if (head + (uint64_t)rank * r->ss * per > n) return -1;
+    uint64_t np = 1, unlimited = r->ss == 8 ? ~(uint64_t)0 : ((uint64_t)1 << (8 * r->ss)) - 1;
+    for (unsigned i = 0; i < rank; i++) {
+        uint64_t d = le(ds + head + (uint64_t)i * r->ss, r->ss);
+        if (flags & 1) { /* a maximum below the size is damage */
+            uint64_t mx = le(ds + head + ((uint64_t)rank + i) * r->ss, r->ss);
+            if (mx != unlimited && mx < d) return -1;
+        }
+        if (d && np > (((uint64_t)1 << 62) / d)) return -1;
+        np *= d;
+    }
+    return (int64_t)np;
+}
+
+/* Checks one attribute message m of n bytes as HDF5 will decode it, and
+ * keeps the descriptor of the attribute sought. */
+static void check_attr_message(const rawfile *r, const unsigned char *m, uint64_t n, hdr_scan *sc)
+{
+    if (n < 8) {
+        sc->problem = "an attribute message is truncated";
+        return;
+    }
+    unsigned version = m[0], flags = m[1];
+    uint64_t name_len = le(m + 2, 2), dt_len = le(m + 4, 2), ds_len = le(m + 6, 2);
     uint64_t pos = version >= 3 ? 9 : 8;
-    if (version < 1 || version > 3 || name_len == 0 || pos + name_len > n) return -1;
-    /* HDF5 takes the name up to its first NUL. */
-    size_t want = strlen(sc->name);
-    if (memchr(m + pos, 0, name_len) == NULL) return -1;
-    if (strlen((const char *)m + pos) != want || memcmp(m + pos, sc->name, want) != 0) return 0;
-    if (version == 1) pos += align8(name_len) + align8(dt) + align8(ds);
-    else pos += name_len + dt + ds;
-    size_t dn = 4 + r->sa + 4;
-    if (pos > n || dn > n - pos) return -1;
-    memcpy(sc->desc, m + pos, dn);
-    sc->found = 1;
-    return 1;
+    if (version < 1 || version > 3 || (version >= 2 && (flags & ~3u))) {
+        sc->problem = "an attribute message has a bad version or flags";
+        return;
+    }
+    if (name_len == 0 || pos + name_len > n ||
+        strnlen((const char *)m + pos, name_len) + 1 != name_len) {
+        sc->problem = "an attribute name is damaged";
+        return;
+    }
+    const char *name = (const char *)m + pos;
+    pos += version == 1 ? align8(name_len) : name_len;
+    const unsigned char *dt = m + pos;
+    if (pos + dt_len > n) {
+        sc->problem = "an attribute datatype is damaged";
+        return;
+    }
+    pos += version == 1 ? align8(dt_len) : dt_len;
+    const unsigned char *ds = m + pos;
+    if (pos + ds_len > n) {
+        sc->problem = "an attribute dataspace is damaged";
+        return;
+    }
+    pos += version == 1 ? align8(ds_len) : ds_len;
+    /* Shared datatypes or dataspaces live elsewhere; HDF5 checks those. */
+    uint64_t used = 0, esize = flags & 1 ? 1 : dtype_check(r, dt, dt_len, 0, &used);
+    if (!(flags & 1) && used > dt_len) esize = 0;
+    int64_t np = flags & 2 ? 0 : dspace_points(r, ds, ds_len);
+    if (esize == 0 || esize > ((uint64_t)1 << 24) || np < 0) {
+        sc->problem = "an attribute's type or shape is damaged";
+        return;
+    }
+    if (!(flags & 3) && ((uint64_t)np > (((uint64_t)1 << 62) / esize) || pos > n ||
+                         (uint64_t)np * esize > n - pos)) {
+        sc->problem = "an attribute's data overruns its message";
+        return;
+    }
+    if (sc->name && !sc->found && strcmp(name, sc->name) == 0 && (dt[0] & 0x0f) == 9 &&
+        !(flags & 3) && np == 1) {
+        memcpy(sc->desc, m + pos, 4 + r->sa + 4);
+        sc->found = 1;
+    }
 }
 
 /* Walks the messages of one header chunk, v1 or v2 layout. */
@@ -187,7 +367,7 @@ static int scan_messages(const rawfile *r, const unsigned char *b, size_t len, i
                          int crt_order, hdr_scan *sc)
 {
     size_t off = 0, mh = v2 ? (crt_order ? 6 : 4) : 8;
-    while (off + mh <= len && !sc->found) {
+    while (off + mh <= len && !sc->problem) {
         unsigned type = v2 ? b[off] : (unsigned)le(b + off, 2);
         size_t size = (size_t)le(b + off + (v2 ? 1 : 2), 2);
         unsigned flags = b[off + (v2 ? 3 : 4)];
@@ -198,16 +378,15 @@ static int scan_messages(const rawfile *r, const unsigned char *b, size_t len, i
             sc->cont_addr[sc->n_cont] = le(m, r->sa);
             sc->cont_len[sc->n_cont] = le(m + r->sa, r->ss);
             sc->n_cont++;
-        } else if (type == 0x0c && !(flags & 0x02)) { /* an attribute, not shared */
-            if (attr_descriptor(r, m, size, sc) < 0) return -1;
+        } else if (type == 0x0c && !(flags & 0x02)) { /* an attribute, stored here */
+            check_attr_message(r, m, size, sc);
         }
         off += mh + size;
     }
     return 0;
 }
 
-/* Finds attribute `name` in the object header at addr; -1 if the header
- * does not parse. */
+/* Scans the object header at addr; -1 if its chunks do not parse. */
 static int scan_header(const rawfile *r, uint64_t addr, unsigned version, hdr_scan *sc)
 {
     unsigned char pre[64];
@@ -247,10 +426,10 @@ static int scan_header(const rawfile *r, uint64_t addr, unsigned version, hdr_sc
         int rc = scan_messages(r, b + skip, body, version == 2, crt_order, sc);
         free(b);
         if (rc < 0) return -1;
-        if (sc->found || chunk >= sc->n_cont) return 0;
+        if (sc->problem || chunk >= sc->n_cont) return 0;
         at = sc->cont_addr[chunk];
-        len = (size_t)sc->cont_len[chunk];
         if (sc->cont_len[chunk] > MAX_CHUNK_BYTES) return -1;
+        len = (size_t)sc->cont_len[chunk];
     }
 }
 
@@ -282,8 +461,10 @@ static const char *check_heap_object(const rawfile *r, uint64_t addr, uint64_t i
             break;
         }
         if (i == idx) {
-            if (osz != len || p + objhdr + osz > size) why = "its global heap object has a bad size";
-            else why = NULL;
+            if (osz != len || p + objhdr + osz > size)
+                why = "its global heap object has a bad size";
+            else
+                why = NULL;
         }
         p += need;
     }
@@ -291,9 +472,10 @@ static const char *check_heap_object(const rawfile *r, uint64_t addr, uint64_t i
     return why;
 }
 
-/* Whether HDF5 may read the variable-length string attribute `name` of obj
- * without tripping over damage; on 0, why receives the problem. */
-static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
+/* Checks the attribute messages of obj's header and, when name is given,
+ * the heap object of that variable-length string attribute. NULL when
+ * HDF5 may go ahead, else the problem. */
+static const char *check_object_attrs(hid_t obj, const char *name)
 {
     rawfile r = {.fd = -1};
     const char *problem = NULL;
@@ -302,22 +484,12 @@ static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
     hsize_t ub = 0;
     char fname[4096];
     H5O_info_t oi;
-    /* The characters' type: a damaged size makes HDF5 allocate and clear
-     * length x size bytes (gigabytes) before it reads a byte. */
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t t = a < 0 ? -1 : H5Aget_type(a), base = t < 0 ? -1 : H5Tget_super(t);
-    if (base < 0 || H5Tget_size(base) != 1) problem = "its character type is damaged";
-    if (base >= 0) H5Tclose(base);
-    if (t >= 0) H5Tclose(t);
-    if (a >= 0) H5Aclose(a);
     int layout_ok = file >= 0 && (fcpl = H5Fget_create_plist(file)) >= 0 &&
                     H5Pget_sizes(fcpl, &sa, &ss) >= 0 && H5Pget_userblock(fcpl, &ub) >= 0 &&
                     sa >= 2 && sa <= 8 && ss >= 2 && ss <= 8 &&
                     H5Fget_name(file, fname, sizeof fname) > 0 &&
                     H5Oget_info2(obj, &oi, H5O_INFO_BASIC | H5O_INFO_HDR) >= 0;
-    if (problem) {
-        /* reported below */
-    } else if (!layout_ok) {
+    if (!layout_ok) {
         problem = "the file's layout is unreadable";
     } else if ((r.fd = open(fname, O_RDONLY)) < 0) {
         problem = "the file cannot be reopened";
@@ -330,6 +502,8 @@ static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
         hdr_scan sc = {.name = name};
         if (scan_header(&r, oi.addr, oi.hdr.version, &sc) < 0) {
             problem = "its object header is damaged";
+        } else if (sc.problem) {
+            problem = sc.problem;
         } else if (sc.found) {
             uint64_t len = le(sc.desc, 4), addr = le(sc.desc + 4, r.sa);
             uint64_t idx = le(sc.desc + 4 + r.sa, 4);
@@ -343,6 +517,30 @@ static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
     if (fcpl >= 0) H5Pclose(fcpl);
     if (file >= 0) H5Fclose(file);
     H5Eclear2(H5E_DEFAULT);
+    return problem;
+}
+
+/* Whether HDF5 may read the variable-length string attribute `name` of obj
+ * without tripping over damage; on 0, why receives the problem. */
+static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
+{
+    /* The characters' type: a damaged size makes HDF5 allocate and clear
+     * length x size bytes (gigabytes) before it reads a byte. */
+    const char *problem = NULL;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t t = a < 0 ? -1 : H5Aget_type(a), base = t < 0 ? -1 : H5Tget_super(t);
+    if (base < 0 || H5Tget_size(base) != 1) problem = "its character type is damaged";
+    if (base >= 0) H5Tclose(base);
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    if (!problem) problem = check_object_attrs(obj, name);
+    if (problem) snprintf(why, why_len, "%s", problem);
+    return problem == NULL;
+}
+
+int strata_hdf5_attrs_ok(int64_t obj, char *why, size_t why_len)
+{
+    const char *problem = check_object_attrs((hid_t)obj, NULL);
     if (problem) snprintf(why, why_len, "%s", problem);
     return problem == NULL;
 }
@@ -460,8 +658,10 @@ static const char *shown(const char *s, char *buf, size_t n)
     size_t j = 0;
     for (size_t i = 0; s[i] && j + 5 < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (isprint(c)) buf[j++] = (char)c;
-        else j += (size_t)snprintf(buf + j, n - j, "\\x%02x", c);
+        if (isprint(c))
+            buf[j++] = (char)c;
+        else
+            j += (size_t)snprintf(buf + j, n - j, "\\x%02x", c);
     }
     buf[j] = 0;
     return buf;
@@ -483,17 +683,20 @@ static int is_prime(size_t n)
     return 1;
 }
 
-/* A dataset access list whose chunk cache holds a few chunks: a sample of
- * T+1 tokens spans at most two chunks, and the samples of one shuffle window
- * lie in a few neighbouring chunks, so four chunks keep each chunk
- * decompressed once per window. Capped at 64 MiB per shard. */
-static hid_t chunk_cache_dapl(int64_t chunk_tokens, int bytes_per_token)
+/* A dataset access list whose chunk cache holds the whole shard up to
+ * 32 MiB, and at least four chunks: a sample of T+1 tokens spans at most
+ * two chunks and the samples of one shuffle window lie in a few
+ * neighbouring ones, so each chunk is read (and inflated) once per window;
+ * random replay reads of a small corpus hit the cache once it is warm.
+ * HDF5 takes the memory only for chunks actually read. */
+static hid_t chunk_cache_dapl(int64_t n_tokens, int64_t chunk_tokens, int bytes_per_token)
 {
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
     if (dapl < 0) return dapl;
     size_t chunk_bytes = (size_t)chunk_tokens * (size_t)bytes_per_token;
-    size_t cap = (size_t)64 << 20, nbytes = 4 * chunk_bytes;
-    if (nbytes > cap) nbytes = chunk_bytes > cap ? chunk_bytes : cap;
+    size_t shard_bytes = (size_t)n_tokens * (size_t)bytes_per_token;
+    size_t nbytes = shard_bytes < ((size_t)32 << 20) ? shard_bytes : (size_t)32 << 20;
+    if (nbytes < 4 * chunk_bytes) nbytes = 4 * chunk_bytes;
     if (nbytes < ((size_t)1 << 20)) nbytes = (size_t)1 << 20;
     if (nbytes > ((size_t)256 << 20)) nbytes = (size_t)256 << 20;
     /* HDF5 wants a prime number of hash slots, ~100 per chunk that fits. */
@@ -518,8 +721,8 @@ static strata_err check_filters(hid_t dcpl, const char *path, const char *what)
         unsigned flags = 0, cd[16], cfg = 0;
         size_t ncd = 16;
         char name[64] = "";
-        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof name, name,
-                                         &cfg);
+        H5Z_filter_t id =
+            H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof name, name, &cfg);
         if (id < 0)
             return strata_errorf(STRATA_EINPUT, "%s: %s has an unreadable filter (%s)", path, what,
                                  hdf5_reason(why));
@@ -537,11 +740,184 @@ static strata_err check_filters(hid_t dcpl, const char *path, const char *what)
     return strata_ok();
 }
 
+/* Sets up our own decoding when the pipeline holds only deflate and
+ * shuffle (with the element size of the tokens); 0 leaves the chunks to
+ * HDF5's pipeline, behind check_chunk. */
+static int setup_decoder(strata_shard *s, hid_t dcpl, int esize)
+{
+    own_decoder *d = &s->dec;
+    int nf = H5Pget_nfilters(dcpl);
+    if (nf < 1 || nf > MAX_FILTERS) return 0;
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0, cd[4] = {0}, cfg = 0;
+        size_t ncd = 4;
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, 0, NULL, &cfg);
+        if (id == H5Z_FILTER_SHUFFLE && ncd >= 1 && cd[0] == (unsigned)esize)
+            d->filter[i] = (int)id;
+        else if (id == H5Z_FILTER_DEFLATE)
+            d->filter[i] = (int)id;
+        else
+            return 0;
+    }
+    uint64_t cb = s->rules.chunk_bytes;
+    if (cb > ((uint64_t)1 << 30)) return 0;
+    /* Decoded chunks kept: 32 MiB worth, at least 2 (a sample may span two
+     * chunks), at most 64; memory is taken as chunks are decoded. */
+    int64_t n = (int64_t)((((uint64_t)32 << 20)) / cb);
+    n = n < 2 ? 2 : n > 64 ? 64 : n;
+    if (n > s->rules.n_chunks) n = s->rules.n_chunks;
+    if (!(d->cache = calloc((size_t)n, sizeof *d->cache))) return 0;
+    for (int64_t i = 0; i < n; i++) d->cache[i].chunk = -1;
+    d->n_cache = (int)n;
+    d->n_filters = nf;
+    d->on = 1;
+    return 1;
+}
+
+/* Inflates a zlib stream of n bytes into exactly `want` bytes at out. */
+static int inflate_exact(const uint8_t *in, size_t n, uint8_t *out, size_t want)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit(&z) != Z_OK) return -1;
+    z.next_in = (Bytef *)(uintptr_t)in;
+    z.avail_in = (uInt)n;
+    z.next_out = out;
+    z.avail_out = (uInt)want;
+    int rc = inflate(&z, Z_FINISH);
+    size_t got = z.total_out;
+    inflateEnd(&z);
+    return rc == Z_STREAM_END && got == want ? 0 : -1;
+}
+
+/* Reads chunk c raw and undoes its filters into out (chunk_bytes). */
+static strata_err decode_chunk(strata_shard *s, int64_t c, uint8_t *out)
+{
+    own_decoder *d = &s->dec;
+    chunk_rules *cr = &s->rules;
+    char why[256];
+    hsize_t off = (hsize_t)(c * s->info.chunk_tokens), size = 0;
+    if (H5Dget_chunk_storage_size(s->dset, &off, &size) < 0 || size == 0)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens is not stored (file incomplete or "
+                             "damaged)",
+                             s->path, c);
+    /* deflate never grows data by more than a few bytes per 16 KiB */
+    if (size > cr->file_bytes || size > cr->chunk_bytes + cr->chunk_bytes / 64 + 4096)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens claims %llu bytes (damaged)",
+                             s->path, c, (unsigned long long)size);
+    size_t cb = (size_t)cr->chunk_bytes;
+    for (int k = 0; k < 2; k++)
+        if (!d->work[k] && !(d->work[k] = malloc(cb)))
+            return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+    if (size > d->raw_cap) {
+        uint8_t *p = realloc(d->raw, (size_t)size);
+        if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+        d->raw = p;
+        d->raw_cap = (size_t)size;
+    }
+    uint32_t mask = 0;
+    if (H5Dread_chunk(s->dset, H5P_DEFAULT, &off, &mask, d->raw) < 0)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot read chunk %" PRId64 " of /tokens (%s)",
+                             s->path, c, hdf5_reason(why));
+    if (d->n_filters < 32 && (mask >> d->n_filters))
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens has a bad filter "
+                             "mask 0x%x (damaged)",
+                             s->path, c, (unsigned)mask);
+    /* Undo the filters last to first; the last step writes into out. */
+    int steps = 0, done = 0;
+    for (int i = 0; i < d->n_filters; i++) steps += !(mask >> i & 1);
+    const uint8_t *cur = d->raw;
+    size_t cur_n = (size_t)size;
+    for (int i = d->n_filters - 1; i >= 0; i--) {
+        if (mask >> i & 1) continue;
+        uint8_t *dst = ++done == steps ? out : d->work[done & 1];
+        if (d->filter[i] == H5Z_FILTER_DEFLATE) {
+            if (inflate_exact(cur, cur_n, dst, cb))
+                return strata_errorf(STRATA_EINPUT,
+                                     "%s: chunk %" PRId64 " of /tokens does not inflate to %zu "
+                                     "bytes (damaged)",
+                                     s->path, c, cb);
+        } else { /* shuffle: byte k of every element was stored together */
+            size_t e = (size_t)s->info.token_bits / 8, ne = cb / e;
+            if (cur_n != cb)
+                return strata_errorf(STRATA_EINPUT,
+                                     "%s: chunk %" PRId64 " of /tokens holds %zu bytes, %zu "
+                                     "expected (damaged)",
+                                     s->path, c, cur_n, cb);
+            for (size_t k = 0; k < e; k++)
+                for (size_t j = 0; j < ne; j++) dst[j * e + k] = cur[k * ne + j];
+        }
+        cur = dst;
+        cur_n = cb;
+    }
+    if (steps == 0) {
+        if (cur_n != cb)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: chunk %" PRId64 " of /tokens holds %zu bytes, %zu expected "
+                                 "(damaged)",
+                                 s->path, c, cur_n, cb);
+        memcpy(out, cur, cb);
+    }
+    return strata_ok();
+}
+
+/* The decoded bytes of chunk c, from the cache or decoded now. */
+static strata_err get_chunk(strata_shard *s, int64_t c, const uint8_t **data)
+{
+    own_decoder *d = &s->dec;
+    int victim = 0;
+    for (int i = 0; i < d->n_cache; i++) {
+        if (d->cache[i].chunk == c) {
+            d->cache[i].used = ++d->tick;
+            *data = d->cache[i].data;
+            return strata_ok();
+        }
+        if (d->cache[i].used < d->cache[victim].used) victim = i;
+    }
+    decoded *slot = &d->cache[victim];
+    if (!slot->data && !(slot->data = malloc((size_t)s->rules.chunk_bytes)))
+        return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+    slot->chunk = -1;
+    STRATA_TRY(decode_chunk(s, c, slot->data));
+    slot->chunk = c;
+    slot->used = ++d->tick;
+    *data = slot->data;
+    return strata_ok();
+}
+
+/* Tokens [start, start+n) from decoded chunks, as host uint32. */
+static strata_err read_decoded(strata_shard *s, int64_t start, int64_t n, uint32_t *out)
+{
+    int64_t ck = s->info.chunk_tokens, end = start + n;
+    int e = s->info.token_bits / 8, be = s->big_endian;
+    for (int64_t c = start / ck; c * ck < end; c++) {
+        const uint8_t *p = NULL;
+        STRATA_TRY(get_chunk(s, c, &p));
+        int64_t a = start > c * ck ? start : c * ck, b = end < (c + 1) * ck ? end : (c + 1) * ck;
+        for (int64_t i = a; i < b; i++) {
+            const uint8_t *q = p + (size_t)(i - c * ck) * (size_t)e;
+            uint32_t v = 0;
+            for (int k = 0; k < e; k++) v |= (uint32_t)q[be ? e - 1 - k : k] << (8 * k);
+            out[i - start] = v;
+        }
+    }
+    return strata_ok();
+}
+
 /* Checks the data of /tokens is really in the file: HDF5 silently returns
- * the fill value for chunks that were never written, a damaged header may
- * point anywhere, and HDF5 1.10 copies a whole chunk out of a buffer the
- * size of the stored chunk, so an unfiltered chunk stored shorter than a
- * chunk (its filter message lost to damage, say) reads past the buffer. */
+ * the fill value for chunks that were never written, and a damaged header
+ * may point anywhere. HDF5 1.10 also copies a whole chunk out of a buffer
+ * the size of what its filters returned, so a chunk that reaches it shorter
+ * than a chunk reads past that buffer: an unfiltered chunk stored short
+ * (its filter message lost to damage, say), or a compressed chunk whose
+ * filter mask, damaged, skips the decompression. Unfiltered datasets are
+ * checked here in one pass (stored bytes = chunks x chunk size); chunks
+ * compressed with deflate and shuffle are decoded by us (decode_chunk),
+ * and chunks behind other filters are checked one by one at their first
+ * read (check_chunk). */
 static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
 {
     char why[256];
@@ -552,44 +928,45 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
         return strata_errorf(STRATA_EINPUT, "%s: cannot get the file size (%s)", s->path,
                              hdf5_reason(why));
     if (layout == H5D_CHUNKED) {
+        chunk_rules *cr = &s->rules;
         int64_t ck = s->info.chunk_tokens;
-        int64_t need = (n + ck - 1) / ck;
-        uint64_t chunk_bytes = (uint64_t)ck * (uint64_t)esize;
-        /* Filters a chunk may skip: only optional ones (a damaged mask that
-         * skips deflate hands its compressed bytes on as if they were data). */
+        cr->n_chunks = (n + ck - 1) / ck;
+        cr->chunk_bytes = (uint64_t)ck * (uint64_t)esize;
+        cr->file_bytes = fsize;
         int nf = H5Pget_nfilters(dcpl);
-        uint64_t optional = 0, all = nf > 0 && nf < 64 ? ((uint64_t)1 << nf) - 1 : 0;
+        cr->all = nf > 0 && nf < 64 ? ((uint64_t)1 << nf) - 1 : 0;
         for (int i = 0; i < nf && i < 64; i++) {
             unsigned flags = 0, cfg = 0;
             size_t ncd = 0;
             if (H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, NULL, 0, NULL, &cfg) >= 0 &&
                 (flags & H5Z_FLAG_OPTIONAL))
-                optional |= (uint64_t)1 << i;
+                cr->optional |= (uint64_t)1 << i;
         }
-        for (int64_t c = 0; c < need; c++) {
-            hsize_t off = (hsize_t)(c * ck), size = 0;
-            haddr_t addr = HADDR_UNDEF;
-            unsigned mask = 0;
-            if (H5Dget_chunk_info_by_coord(s->dset, &off, &mask, &addr, &size) < 0)
-                return strata_errorf(STRATA_EINPUT, "%s: cannot look up chunk %" PRId64
-                                     " of /tokens (%s)", s->path, c, hdf5_reason(why));
-            if (addr == HADDR_UNDEF)
+        hsize_t have = 0;
+        hid_t fs = H5Dget_space(s->dset);
+        herr_t r = fs < 0 ? -1 : H5Dget_num_chunks(s->dset, fs, &have);
+        if (fs >= 0) H5Sclose(fs);
+        if (r < 0)
+            return strata_errorf(STRATA_EINPUT, "%s: cannot list the chunks of /tokens (%s)",
+                                 s->path, hdf5_reason(why));
+        /* HDF5 drops chunks outside the extent when a dataset shrinks, so
+         * any other count means a damaged index or chunk shape. */
+        if ((int64_t)have != cr->n_chunks)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: /tokens has %llu chunks stored, %" PRId64
+                                 " expected (file incomplete or damaged)",
+                                 s->path, (unsigned long long)have, cr->n_chunks);
+        if (nf == 0) {
+            hsize_t stored = H5Dget_storage_size(s->dset);
+            if (stored != have * cr->chunk_bytes)
                 return strata_errorf(STRATA_EINPUT,
-                                     "%s: chunk %" PRId64 " of /tokens (%" PRId64
-                                     " chunks) is not stored (file incomplete or damaged)",
-                                     s->path, c, need);
-            if (mask & ~optional)
-                return strata_errorf(STRATA_EINPUT,
-                                     "%s: chunk %" PRId64 " of /tokens skips a required filter "
-                                     "(mask 0x%x; damaged)",
-                                     s->path, c, mask);
-            int raw = (mask & all) == all; /* stored as plain tokens */
-            if (addr > fsize || size > fsize - addr || size == 0 || (raw && size != chunk_bytes))
-                return strata_errorf(STRATA_EINPUT,
-                                     "%s: chunk %" PRId64 " of /tokens claims %llu bytes at byte "
-                                     "%llu of a %llu-byte file (damaged)",
-                                     s->path, c, (unsigned long long)size,
-                                     (unsigned long long)addr, (unsigned long long)fsize);
+                                     "%s: /tokens stores %llu bytes in %llu uncompressed chunks "
+                                     "of %llu bytes (damaged)",
+                                     s->path, (unsigned long long)stored, (unsigned long long)have,
+                                     (unsigned long long)cr->chunk_bytes);
+        } else if (!setup_decoder(s, dcpl, esize) &&
+                   !(cr->checked = calloc((size_t)(cr->n_chunks + 7) / 8, 1))) {
+            return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
         }
     } else if (layout == H5D_CONTIGUOUS) {
         haddr_t off = H5Dget_offset(s->dset);
@@ -604,6 +981,41 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
     } else if (layout != H5D_COMPACT) {
         return strata_errorf(STRATA_EINPUT, "%s: /tokens has an unknown storage layout", s->path);
     }
+    return strata_ok();
+}
+
+/* Checks filtered chunk c before its first read: stored inside the file,
+ * skipping no required filter, and stored whole if it skips them all. */
+static strata_err check_chunk(strata_shard *s, int64_t c)
+{
+    chunk_rules *cr = &s->rules;
+    if (!cr->checked || (cr->checked[c / 8] >> (c % 8) & 1)) return strata_ok();
+    char why[256];
+    hsize_t off = (hsize_t)(c * s->info.chunk_tokens), size = 0;
+    haddr_t addr = HADDR_UNDEF;
+    unsigned mask = 0;
+    if (H5Dget_chunk_info_by_coord(s->dset, &off, &mask, &addr, &size) < 0)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot look up chunk %" PRId64 " of /tokens (%s)",
+                             s->path, c, hdf5_reason(why));
+    if (addr == HADDR_UNDEF)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens is not stored (file incomplete "
+                             "or damaged)",
+                             s->path, c);
+    if (mask & ~cr->optional)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens skips a required filter (mask "
+                             "0x%x; damaged)",
+                             s->path, c, mask);
+    int raw = (mask & cr->all) == cr->all; /* stored as plain tokens */
+    if (addr > cr->file_bytes || size > cr->file_bytes - addr || size == 0 ||
+        (raw && size != cr->chunk_bytes))
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: chunk %" PRId64 " of /tokens claims %llu bytes at byte %llu of "
+                             "a %llu-byte file (damaged)",
+                             s->path, c, (unsigned long long)size, (unsigned long long)addr,
+                             (unsigned long long)cr->file_bytes);
+    cr->checked[c / 8] |= (uint8_t)(1u << (c % 8));
     return strata_ok();
 }
 
@@ -660,8 +1072,7 @@ static strata_err open_checked(strata_shard *s)
     char why[256];
     const char *path = s->path;
     struct stat st;
-    if (stat(path, &st) != 0)
-        return strata_errorf(STRATA_EINPUT, "%s: %s", path, strerror(errno));
+    if (stat(path, &st) != 0) return strata_errorf(STRATA_EINPUT, "%s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode))
         return strata_errorf(STRATA_EINPUT, "%s: is a directory, not a shard", path);
     htri_t is = H5Fis_hdf5(path);
@@ -677,10 +1088,9 @@ static strata_err open_checked(strata_shard *s)
     H5Pset_file_locking(fapl, 0, 1);
 #endif
     s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    hdf5_reason(why); /* before the next call clears the error stack */
     H5Pclose(fapl);
-    if (s->file < 0)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path,
-                             hdf5_reason(why));
+    if (s->file < 0) return strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path, why);
 
     int64_t n = 0;
     STRATA_TRY(open_1d(s->file, path, "/tokens", H5P_DEFAULT, &s->dset, &n));
@@ -693,6 +1103,7 @@ static strata_err open_checked(strata_shard *s)
     H5T_class_t cls = H5Tget_class(t);
     H5T_sign_t sign = H5Tget_sign(t);
     size_t esize = H5Tget_size(t), prec = H5Tget_precision(t);
+    s->big_endian = H5Tget_order(t) == H5T_ORDER_BE;
     int bitoff = H5Tget_offset(t);
     char tn[64];
     type_name(t, tn, sizeof tn);
@@ -726,6 +1137,11 @@ static strata_err open_checked(strata_shard *s)
     H5Pclose(dcpl);
     if (e.code) return e;
 
+    /* HDF5 decodes every attribute message of /tokens to find one by name. */
+    const char *bad = check_object_attrs(s->dset, NULL);
+    if (bad)
+        return strata_errorf(STRATA_EINPUT, "%s: attributes of /tokens are damaged (%s)", path,
+                             bad);
     int64_t vocab = 0, eot = 0;
     STRATA_TRY(read_int_attr(s->dset, path, "vocab_size", &vocab));
     STRATA_TRY(read_int_attr(s->dset, path, "eot_token", &eot));
@@ -736,8 +1152,9 @@ static strata_err open_checked(strata_shard *s)
         return strata_errorf(STRATA_EINPUT, "%s: format attribute is '%s', expected '%s'", path,
                              shown(fmt, sb, sizeof sb), STRATA_SHARD_FORMAT);
     if (vocab < 1 || vocab > INT_MAX)
-        return strata_errorf(STRATA_EINPUT, "%s: vocab_size attribute is %" PRId64
-                             ", expected 1 .. %d", path, vocab, INT_MAX);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: vocab_size attribute is %" PRId64 ", expected 1 .. %d", path,
+                             vocab, INT_MAX);
     if (esize == 2 && vocab > 65536)
         return strata_errorf(STRATA_EINPUT,
                              "%s: /tokens is uint16 but vocab_size is %" PRId64
@@ -766,32 +1183,33 @@ static strata_err open_checked(strata_shard *s)
         STRATA_TRY(open_1d(s->file, path, "/doc_offsets", H5P_DEFAULT, &d, &nd));
         hid_t dt = H5Dget_type(d);
         int ok = dt >= 0 && H5Tget_class(dt) == H5T_INTEGER && H5Tget_size(dt) <= 8;
-        if (dt >= 0) type_name(dt, tn, sizeof tn);
-        else snprintf(tn, sizeof tn, "unreadable");
+        if (dt >= 0)
+            type_name(dt, tn, sizeof tn);
+        else
+            snprintf(tn, sizeof tn, "unreadable");
         if (dt >= 0) H5Tclose(dt);
         H5Dclose(d);
         if (!ok)
             return strata_errorf(STRATA_EINPUT, "%s: /doc_offsets is %s, expected uint64", path,
                                  tn);
         if (nd > n)
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: /doc_offsets lists %" PRId64 " documents in %" PRId64
-                                 " tokens",
-                                 path, nd, n);
+            return strata_errorf(
+                STRATA_EINPUT, "%s: /doc_offsets lists %" PRId64 " documents in %" PRId64 " tokens",
+                path, nd, n);
         s->info.n_docs = nd;
     }
 
-    /* Reopen /tokens with a chunk cache sized to its chunks (the access
-     * list must be given at open time). */
+    /* Reopen /tokens with a chunk cache sized to its chunks. The access
+     * list counts only when the dataset is not open already (a second open
+     * shares the first one's cache), hence the close first. */
     if (s->info.chunk_tokens > 0) {
-        hid_t dapl = chunk_cache_dapl(s->info.chunk_tokens, (int)esize);
-        hid_t d = dapl < 0 ? -1 : H5Dopen2(s->file, "/tokens", dapl);
-        if (dapl >= 0) H5Pclose(dapl);
-        if (d < 0)
-            return strata_errorf(STRATA_EINPUT, "%s: cannot reopen /tokens (%s)", path,
-                                 hdf5_reason(why));
         H5Dclose(s->dset);
-        s->dset = d;
+        hid_t dapl = chunk_cache_dapl(n, s->info.chunk_tokens, (int)esize);
+        s->dset = dapl < 0 ? -1 : H5Dopen2(s->file, "/tokens", dapl);
+        hdf5_reason(why);
+        if (dapl >= 0) H5Pclose(dapl);
+        if (s->dset < 0)
+            return strata_errorf(STRATA_EINPUT, "%s: cannot reopen /tokens (%s)", path, why);
     }
     return strata_ok();
 }
@@ -825,6 +1243,18 @@ int64_t strata_shard_n_samples(const strata_shard *s, int T)
     return (s->info.n_tokens - 1) / T;
 }
 
+/* Every id handed out is below vocab_size. */
+static strata_err check_ids(const strata_shard *s, int64_t start, int64_t n, const uint32_t *out)
+{
+    uint32_t v = (uint32_t)s->info.vocab_size;
+    for (int64_t i = 0; i < n; i++)
+        if (out[i] >= v)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: token %" PRId64 " is %" PRIu32 ", not < vocab_size %" PRIu32,
+                                 s->path, start + i, out[i], v);
+    return strata_ok();
+}
+
 strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t *out)
 {
     char why[256];
@@ -834,6 +1264,14 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
                              "%s: read of tokens [%" PRId64 ", %" PRId64 ") outside 0 .. %" PRId64,
                              s->path, start, start + n, s->info.n_tokens);
     if (n == 0) return strata_ok();
+    if (s->dec.on) {
+        STRATA_TRY(read_decoded(s, start, n, out));
+        return check_ids(s, start, n, out);
+    }
+    if (s->rules.checked)
+        for (int64_t c = start / s->info.chunk_tokens; c <= (start + n - 1) / s->info.chunk_tokens;
+             c++)
+            STRATA_TRY(check_chunk(s, c));
     int wide = s->info.token_bits == 32;
     void *dst = out;
     if (!wide) {
@@ -852,21 +1290,16 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
     if (fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL) >= 0)
         r = H5Dread(s->dset, wide ? H5T_NATIVE_UINT32 : H5T_NATIVE_UINT16, ms, fs, H5P_DEFAULT,
                     dst);
+    hdf5_reason(why); /* before the closes clear the error stack */
     if (fs >= 0) H5Sclose(fs);
     if (ms >= 0) H5Sclose(ms);
     if (r < 0)
         return strata_errorf(STRATA_EINPUT,
                              "%s: cannot read /tokens[%" PRId64 ":%" PRId64 "] (%s; file damaged?)",
-                             s->path, start, start + n, hdf5_reason(why));
+                             s->path, start, start + n, why);
     if (!wide)
         for (int64_t i = 0; i < n; i++) out[i] = s->scratch[i];
-    uint32_t v = (uint32_t)s->info.vocab_size;
-    for (int64_t i = 0; i < n; i++)
-        if (out[i] >= v)
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: token %" PRId64 " is %" PRIu32 ", not < vocab_size %" PRIu32,
-                                 s->path, start + i, out[i], v);
-    return strata_ok();
+    return check_ids(s, start, n, out);
 }
 
 strata_err strata_shard_verify(strata_shard *s)
@@ -917,6 +1350,12 @@ void strata_shard_close(strata_shard *s)
     if (s->dset >= 0) H5Dclose(s->dset);
     if (s->file >= 0) H5Fclose(s->file);
     H5Eclear2(H5E_DEFAULT);
+    free(s->rules.checked);
+    for (int i = 0; i < s->dec.n_cache; i++) free(s->dec.cache[i].data);
+    free(s->dec.cache);
+    free(s->dec.raw);
+    free(s->dec.work[0]);
+    free(s->dec.work[1]);
     free(s->scratch);
     free(s->path);
     free(s);

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define MAX_DEPTH 16
+#define MAX_DEPTH          16
 #define MAX_MANIFEST_BYTES ((size_t)64 << 20)
 
 typedef struct entry {
@@ -113,8 +113,8 @@ static int is_shard_name(const char *path)
 }
 
 typedef struct expand_ctx {
-    int refresh;                  /* tolerate entries not written yet */
-    char *stack[MAX_DEPTH + 1];   /* real paths of the manifests being read */
+    int refresh;                /* tolerate entries not written yet */
+    char *stack[MAX_DEPTH + 1]; /* real paths of the manifests being read */
     const char *shown[MAX_DEPTH + 1];
     int depth;
 } expand_ctx;
@@ -212,8 +212,8 @@ static strata_err expand_manifest(expand_ctx *cx, const char *path, pathlist *ou
             for (int k = i; k < cx->depth && m < sizeof chain; k++)
                 m += (size_t)snprintf(chain + m, sizeof chain - m, "%s -> ", cx->shown[k]);
             free(real);
-            return strata_errorf(STRATA_EINPUT, "%s: manifest includes itself (%s%s)", path,
-                                 chain, path);
+            return strata_errorf(STRATA_EINPUT, "%s: manifest includes itself (%s%s)", path, chain,
+                                 path);
         }
     }
     if (cx->depth >= MAX_DEPTH) {
@@ -241,6 +241,7 @@ static strata_err expand_manifest(expand_ctx *cx, const char *path, pathlist *ou
     cx->depth++;
     int lineno = 0;
     char *p = text;
+    if (len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0) p += 3; /* a UTF-8 byte order mark */
     while (*p && !e.code && !out->stopped) {
         char *nl = strchr(p, '\n');
         lineno++;
@@ -302,9 +303,12 @@ static strata_err expand_top(const char *path, int refresh, pathlist *out, const
     expand_ctx cx = {.refresh = refresh};
     struct stat st;
     if (stat(path, &st) != 0) return strata_errorf(STRATA_EINPUT, "%s: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) *kind = "directory";
-    else if (is_shard_name(path) || has_hdf5_signature(path)) *kind = "shard";
-    else *kind = "manifest";
+    if (S_ISDIR(st.st_mode))
+        *kind = "directory";
+    else if (is_shard_name(path) || has_hdf5_signature(path))
+        *kind = "shard";
+    else
+        *kind = "manifest";
     return expand(&cx, path, "", out);
 }
 
@@ -367,8 +371,7 @@ static strata_err add_shard(strata_stream *st, const char *path)
     return strata_ok();
 }
 
-strata_err strata_stream_open(strata_stream **out, const char *path,
-                              const strata_stream_opts *opts)
+strata_err strata_stream_open(strata_stream **out, const char *path, const strata_stream_opts *opts)
 {
     *out = NULL;
     if (opts->seq_len < 1)
@@ -401,6 +404,11 @@ strata_err strata_stream_refresh(strata_stream *st, int *added)
     const char *kind;
     strata_err e = expand_top(st->path, 1, &l, &kind);
     if (e.code) goto done;
+    if (l.n < st->n && l.stopped) {
+        e = strata_errorf(STRATA_EINPUT, "%s: shard %s is gone (it was there when the run started)",
+                          st->path, st->e[l.n].path);
+        goto done;
+    }
     if (l.n < st->n) {
         e = strata_errorf(STRATA_EINPUT,
                           "%s: now lists %d shards, %d before (HINT: only appending is allowed "
@@ -419,8 +427,8 @@ strata_err strata_stream_refresh(strata_stream *st, int *added)
             goto done;
         }
         if (stat(en->path, &sb) != 0) {
-            e = strata_errorf(STRATA_EINPUT, "%s: %s (it was there when the run started)",
-                              en->path, strerror(errno));
+            e = strata_errorf(STRATA_EINPUT, "%s: %s (it was there when the run started)", en->path,
+                              strerror(errno));
             goto done;
         }
         if (sb.st_dev != en->dev || sb.st_ino != en->ino || sb.st_size != en->size ||
@@ -471,8 +479,10 @@ int strata_stream_locate(const strata_stream *st, int64_t sample, int64_t *local
     int lo = 0, hi = st->n - 1;
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
-        if (st->e[mid].pub.first_sample <= sample) lo = mid;
-        else hi = mid - 1;
+        if (st->e[mid].pub.first_sample <= sample)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     *local = sample - st->e[lo].pub.first_sample;
     return lo;
@@ -488,8 +498,10 @@ size_t strata_stream_fingerprint(const strata_stream *st, char *buf, size_t cap)
         int m = snprintf(item, sizeof item, "%s%s:%" PRId64, i ? "," : "", st->e[i].pub.name,
                          st->e[i].pub.info.n_tokens);
         if (m < 0) continue;
-        if (!full && n + (size_t)m < cap) memcpy(buf + n, item, (size_t)m + 1);
-        else full = 1;
+        if (!full && n + (size_t)m < cap)
+            memcpy(buf + n, item, (size_t)m + 1);
+        else
+            full = 1;
         n += (size_t)m;
     }
     return n;

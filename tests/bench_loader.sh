@@ -34,9 +34,9 @@ if [[ -z "$step_ms" ]]; then
 fi
 sim_ms=$(awk -v s="$step_ms" 'BEGIN { print (s < 100 ? s : 100) }')
 
-# Only the loader's objects come out of the archive: HDF5, pthreads, libm.
+# Only the loader's objects come out of the archive: HDF5, zlib, pthreads, libm.
 cc -O2 -std=c17 -D_GNU_SOURCE -I"$src/include" $(pkg-config --cflags hdf5-serial) \
-    "$here/bench_loader.c" "$build/libstrata_core.a" $(pkg-config --libs hdf5-serial) \
+    "$here/bench_loader.c" "$build/libstrata_core.a" $(pkg-config --libs hdf5-serial) -lz \
     -lpthread -lm -o "$work/bench_loader"
 "$work/bench_loader" "$work" "$sim_ms" 400 | tee "$work/out.txt"
 awk -v step="$step_ms" '/read ahead/ {

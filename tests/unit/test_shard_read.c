@@ -313,6 +313,16 @@ static void uint32_and_big_endian_tokens_are_accepted(void **state)
     s = good();
     s.token_type = H5T_STD_U16BE;
     accepts("u16be.h5", &s);
+    /* compressed: chunks decoded by the reader itself */
+    s.deflate = 1;
+    accepts("u16be_deflate.h5", &s);
+    s = good();
+    s.token_type = H5T_STD_U32BE;
+    s.vocab = 100000;
+    s.eot = 99999;
+    s.deflate = 1;
+    s.n = 3000; /* a partial last chunk */
+    accepts("u32be_deflate.h5", &s);
 }
 
 static void wrong_token_types_and_shapes_are_rejected(void **state)
