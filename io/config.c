@@ -12,7 +12,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { K_INT, K_LONG, K_U64, K_DOUBLE, K_BOOL, K_STR, K_PATH, K_SCHED, K_REPLAY, K_FREEZE } key_kind;
+typedef enum {
+    K_INT,
+    K_LONG,
+    K_U64,
+    K_DOUBLE,
+    K_BOOL,
+    K_STR,
+    K_PATH,
+    K_SCHED,
+    K_REPLAY,
+    K_FREEZE
+} key_kind;
 
 typedef struct key_spec {
     const char *section, *name;
@@ -22,7 +33,7 @@ typedef struct key_spec {
 } key_spec;
 
 #define OFF(field) offsetof(strata_config, field)
-#define BIG 1e18
+#define BIG        1e18
 
 static const key_spec keys[] = {
     {"model", "init", K_PATH, OFF(model.init), 0, 0},
@@ -159,7 +170,8 @@ static int parse_replay(parse_ctx *p, const char *section, const char *name, con
     for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         item = trim(item);
         if (!*item) continue;
-        if (c->data.n_replay == 8) return fail(p, "more than 8 replay sources%s", section, name, "");
+        if (c->data.n_replay == 8)
+            return fail(p, "more than 8 replay sources%s", section, name, "");
         strata_replay_source *r = &c->data.replay[c->data.n_replay++];
         r->weight = 1.0;
         char *colon = strrchr(item, ':');
@@ -188,10 +200,12 @@ static int parse_freeze(parse_ctx *p, const char *section, const char *name, con
         long k;
         char *end;
         if (!strcmp(item, "none") || !*item) continue;
-        if (!strcmp(item, "embeddings")) c->train.freeze_embeddings = 1;
-        else if (!strcmp(item, "all_blocks")) c->train.freeze_all_blocks = 1;
-        else if (!strncmp(item, "blocks:", 7) && (k = strtol(item + 7, &end, 10)) >= 0 &&
-                 !*end && end != item + 7 && k <= 1024)
+        if (!strcmp(item, "embeddings"))
+            c->train.freeze_embeddings = 1;
+        else if (!strcmp(item, "all_blocks"))
+            c->train.freeze_all_blocks = 1;
+        else if (!strncmp(item, "blocks:", 7) && (k = strtol(item + 7, &end, 10)) >= 0 && !*end &&
+                 end != item + 7 && k <= 1024)
             c->train.freeze_blocks = (int)k;
         else
             return fail(p,
@@ -292,9 +306,12 @@ static int set_key(parse_ctx *p, const char *section, const char *name, const ch
         snprintf(range, sizeof range, "%s is out of range [%g, %g]", value, k->lo, k->hi);
         return fail(p, "%s", section, name, range);
     }
-    if (k->kind == K_INT) *(int *)field = (int)d;
-    else if (k->kind == K_LONG) *(long *)field = (long)d;
-    else *(double *)field = d;
+    if (k->kind == K_INT)
+        *(int *)field = (int)d;
+    else if (k->kind == K_LONG)
+        *(long *)field = (long)d;
+    else
+        *(double *)field = d;
     return 1;
 }
 
@@ -331,7 +348,8 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
     if (slash == path) snprintf(p.dir, sizeof p.dir, "/");
 
     FILE *f = fopen(path, "r");
-    if (!f) return strata_errorf(STRATA_EINPUT, "%s: cannot open config: %s", path, strerror(errno));
+    if (!f)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot open config: %s", path, strerror(errno));
     ini_use_stack = false;
     ini_max_line = 16384;
     ini_allow_multiline = false;
@@ -360,7 +378,8 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
         }
         if (!eq || !dot || dot > eq)
             return strata_errorf(STRATA_EINPUT,
-                                 "--set %s: expected section.key=value (e.g. train.lr=1e-4)", sets[i]);
+                                 "--set %s: expected section.key=value (e.g. train.lr=1e-4)",
+                                 sets[i]);
         *eq = 0;
         *dot = 0;
         if (!set_key(&p, trim(buf), trim(dot + 1), trim(eq + 1)))
@@ -369,16 +388,19 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
 
     /* Checks across keys. */
     if (cfg->data.seq_len > cfg->model.block_size)
-        return strata_errorf(STRATA_EINPUT, "%s: [data] seq_len (%d) exceeds [model] block_size (%d)",
-                             path, cfg->data.seq_len, cfg->model.block_size);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] seq_len (%d) exceeds [model] block_size (%d)", path,
+                             cfg->data.seq_len, cfg->model.block_size);
     if (cfg->model.n_embd % cfg->model.n_head)
-        return strata_errorf(STRATA_EINPUT, "%s: [model] n_embd (%d) must be a multiple of n_head (%d)",
-                             path, cfg->model.n_embd, cfg->model.n_head);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [model] n_embd (%d) must be a multiple of n_head (%d)", path,
+                             cfg->model.n_embd, cfg->model.n_head);
     if (cfg->train.min_lr > cfg->train.lr)
         return strata_errorf(STRATA_EINPUT, "%s: [train] min_lr (%g) exceeds lr (%g)", path,
                              cfg->train.min_lr, cfg->train.lr);
     if (cfg->data.replay_ratio > 0 && cfg->data.n_replay == 0)
-        return strata_errorf(STRATA_EINPUT, "%s: [data] replay_ratio is %g but no [data] replay source is set",
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] replay_ratio is %g but no [data] replay source is set",
                              path, cfg->data.replay_ratio);
     for (int i = 0; i < cfg->n_evals; i++)
         if (!cfg->evals[i].path[0])
@@ -425,14 +447,28 @@ char *strata_config_text(const strata_config *c)
         const char *field = (const char *)c + k->offset;
         append(&buf, &len, &cap, "%s = ", k->name);
         switch (k->kind) {
-        case K_INT: append(&buf, &len, &cap, "%d\n", *(const int *)field); break;
-        case K_BOOL: append(&buf, &len, &cap, "%s\n", *(const int *)field ? "true" : "false"); break;
-        case K_LONG: append(&buf, &len, &cap, "%ld\n", *(const long *)field); break;
-        case K_U64: append(&buf, &len, &cap, "%llu\n", (unsigned long long)*(const uint64_t *)field); break;
-        case K_DOUBLE: append(&buf, &len, &cap, "%.17g\n", *(const double *)field); break;
+        case K_INT:
+            append(&buf, &len, &cap, "%d\n", *(const int *)field);
+            break;
+        case K_BOOL:
+            append(&buf, &len, &cap, "%s\n", *(const int *)field ? "true" : "false");
+            break;
+        case K_LONG:
+            append(&buf, &len, &cap, "%ld\n", *(const long *)field);
+            break;
+        case K_U64:
+            append(&buf, &len, &cap, "%llu\n", (unsigned long long)*(const uint64_t *)field);
+            break;
+        case K_DOUBLE:
+            append(&buf, &len, &cap, "%.17g\n", *(const double *)field);
+            break;
         case K_STR:
-        case K_PATH: append(&buf, &len, &cap, "%s\n", field); break;
-        case K_SCHED: append(&buf, &len, &cap, "%s\n", sched_names[*(const int *)field]); break;
+        case K_PATH:
+            append(&buf, &len, &cap, "%s\n", field);
+            break;
+        case K_SCHED:
+            append(&buf, &len, &cap, "%s\n", sched_names[*(const int *)field]);
+            break;
         case K_REPLAY:
             for (int r = 0; r < c->data.n_replay; r++)
                 append(&buf, &len, &cap, "%s%s:%.17g", r ? ", " : "", c->data.replay[r].path,
@@ -440,7 +476,8 @@ char *strata_config_text(const strata_config *c)
             append(&buf, &len, &cap, "\n");
             break;
         case K_FREEZE:
-            append(&buf, &len, &cap, "%s%sblocks:%d\n", c->train.freeze_embeddings ? "embeddings, " : "",
+            append(&buf, &len, &cap, "%s%sblocks:%d\n",
+                   c->train.freeze_embeddings ? "embeddings, " : "",
                    c->train.freeze_all_blocks ? "all_blocks, " : "", c->train.freeze_blocks);
             break;
         }

@@ -25,11 +25,13 @@ static strata_err make_parent_dirs(const char *path)
         if (*p != '/') continue;
         *p = 0;
         if (mkdir(dir, 0777) && errno != EEXIST)
-            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir, strerror(errno));
+            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir,
+                                 strerror(errno));
         *p = '/';
     }
     if (mkdir(dir, 0777) && errno != EEXIST)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir, strerror(errno));
+        return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir,
+                             strerror(errno));
     return strata_ok();
 }
 

@@ -106,8 +106,7 @@ void strata_comm_sum_doubles(strata_comm *c, double *x, int n)
 double strata_comm_max_double(strata_comm *c, double x)
 {
     double m = x;
-    if (c->size > 1)
-        check(c, MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "max");
+    if (c->size > 1) check(c, MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "max");
     return m;
 }
 
@@ -126,8 +125,7 @@ void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n)
 }
 
 /* Shards are aligned to 16 floats so every rank's part starts on a cache line. */
-void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin,
-                       size_t *end)
+void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin, size_t *end)
 {
     size_t units = (n_floats + 15) / 16, W = (size_t)c->size;
     size_t b = units * rank / W * 16, e = units * (rank + 1) / W * 16;
@@ -154,11 +152,15 @@ void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats)
     if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
     range_counts(c, n_floats, counts, displs);
     if (c->rank == 0)
-        check(c, MPI_Gatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, counts, displs, MPI_FLOAT, 0,
-                             MPI_COMM_WORLD), "gather");
+        check(c,
+              MPI_Gatherv(MPI_IN_PLACE, 0, MPI_FLOAT, buf, counts, displs, MPI_FLOAT, 0,
+                          MPI_COMM_WORLD),
+              "gather");
     else
-        check(c, MPI_Gatherv(buf + displs[c->rank], counts[c->rank], MPI_FLOAT, NULL, NULL, NULL,
-                             MPI_FLOAT, 0, MPI_COMM_WORLD), "gather");
+        check(c,
+              MPI_Gatherv(buf + displs[c->rank], counts[c->rank], MPI_FLOAT, NULL, NULL, NULL,
+                          MPI_FLOAT, 0, MPI_COMM_WORLD),
+              "gather");
     free(counts);
     free(displs);
 }
@@ -170,11 +172,15 @@ void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
     if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
     range_counts(c, n_floats, counts, displs);
     if (c->rank == 0)
-        check(c, MPI_Scatterv(buf, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0,
-                              MPI_COMM_WORLD), "scatter");
+        check(c,
+              MPI_Scatterv(buf, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0,
+                           MPI_COMM_WORLD),
+              "scatter");
     else
-        check(c, MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, buf + displs[c->rank], counts[c->rank],
-                              MPI_FLOAT, 0, MPI_COMM_WORLD), "scatter");
+        check(c,
+              MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, buf + displs[c->rank], counts[c->rank],
+                           MPI_FLOAT, 0, MPI_COMM_WORLD),
+              "scatter");
     free(counts);
     free(displs);
 }
@@ -336,8 +342,10 @@ static void reduce_bucket(strata_grad_sync *g, bucket *b)
 static int request_done(strata_grad_sync *g, bucket *b, int block)
 {
     int flag = 1;
-    if (block) check(g->comm, MPI_Wait(&b->req, MPI_STATUS_IGNORE), "gradient reduction");
-    else check(g->comm, MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE), "gradient reduction");
+    if (block)
+        check(g->comm, MPI_Wait(&b->req, MPI_STATUS_IGNORE), "gradient reduction");
+    else
+        check(g->comm, MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE), "gradient reduction");
     return flag;
 }
 
@@ -389,8 +397,10 @@ void strata_grad_sync_allgather_params(strata_grad_sync *g, float *params)
     int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
     if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
     range_counts(c, g->n_floats, counts, displs);
-    check(c, MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, counts, displs, MPI_FLOAT,
-                            MPI_COMM_WORLD), "parameter all-gather");
+    check(c,
+          MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, params, counts, displs, MPI_FLOAT,
+                         MPI_COMM_WORLD),
+          "parameter all-gather");
     free(counts);
     free(displs);
 }

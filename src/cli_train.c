@@ -30,15 +30,21 @@ static strata_err parse_args(const char *cmd, int argc, char **argv, run_args *a
     a->steps = 5, a->warmup = 2;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(arg, "--config") && val) a->config = val, i++;
-        else if (!strcmp(arg, "--set") && val && a->n_sets < 256) a->sets[a->n_sets++] = argv[++i];
-        else if (!strcmp(arg, "--checkpoint") && val) a->checkpoint = val, i++;
-        else if (!strcmp(arg, "--steps") && val && atoi(val) > 0) a->steps = atoi(val), i++;
-        else if (!strcmp(arg, "--warmup") && val && atoi(val) >= 0) a->warmup = atoi(val), i++;
+        if (!strcmp(arg, "--config") && val)
+            a->config = val, i++;
+        else if (!strcmp(arg, "--set") && val && a->n_sets < 256)
+            a->sets[a->n_sets++] = argv[++i];
+        else if (!strcmp(arg, "--checkpoint") && val)
+            a->checkpoint = val, i++;
+        else if (!strcmp(arg, "--steps") && val && atoi(val) > 0)
+            a->steps = atoi(val), i++;
+        else if (!strcmp(arg, "--warmup") && val && atoi(val) >= 0)
+            a->warmup = atoi(val), i++;
         else
-            return strata_errorf(STRATA_EINPUT, "unexpected argument '%s' (usage: strata %s --config FILE.ini "
-                                 "[--set section.key=value]...%s)", arg, cmd,
-                                 !strcmp(cmd, "eval") ? " --checkpoint CKPT" : "");
+            return strata_errorf(STRATA_EINPUT,
+                                 "unexpected argument '%s' (usage: strata %s --config FILE.ini "
+                                 "[--set section.key=value]...%s)",
+                                 arg, cmd, !strcmp(cmd, "eval") ? " --checkpoint CKPT" : "");
     }
     if (!a->config && strcmp(cmd, "bench"))
         return strata_errorf(STRATA_EINPUT, "missing --config FILE.ini");
@@ -77,8 +83,10 @@ static int run_with_config(const char *cmd, int argc, char **argv)
         e.msg[0] = 0; /* every rank read the same file: rank 0 tells */
     }
     if (e.code && e.msg[0]) {
-        if (e.code != STRATA_ESTOPPED) strata_cli_fail(cmd, e);
-        else if (strata_comm_rank(comm) == 0) fprintf(stderr, "strata %s: %s\n", cmd, e.msg);
+        if (e.code != STRATA_ESTOPPED)
+            strata_cli_fail(cmd, e);
+        else if (strata_comm_rank(comm) == 0)
+            fprintf(stderr, "strata %s: %s\n", cmd, e.msg);
     }
     fflush(stdout);
     strata_comm_finalize(comm);
@@ -105,14 +113,16 @@ static void print_bench(const strata_model_shape *s, int B, int T, int threads, 
     double mfu = tps * fpt / (peak * 1e9);
     double total = tm.matmul + tm.attention + tm.elementwise + tm.loss + opt_s;
     printf("model      L=%d C=%d NH=%d V=%d (padded to %d), B=%d T=%d, %d thread%s\n", s->n_layer,
-           s->n_embd, s->n_head, s->vocab_size, s->padded_vocab, B, T, threads, threads > 1 ? "s" : "");
+           s->n_embd, s->n_head, s->vocab_size, s->padded_vocab, B, T, threads,
+           threads > 1 ? "s" : "");
     printf("step       median %.1f ms over %d steps\n", median_s * 1e3, steps);
     printf("throughput %.0f tokens/s\n", tps);
     printf("flops      %.3g per token (6*N_params + 12*L*T*C)\n", fpt);
     printf("sgemm peak %.1f GFLOP/s (1024^3, %d thread%s, measured now)\n", peak, threads,
            threads > 1 ? "s" : "");
     printf("MFU        %.1f%% of the measured sgemm peak\n", 100 * mfu);
-    printf("breakdown  matmul %.1f%% | attention %.1f%% | element-wise %.1f%% | loss %.1f%% | optimizer %.1f%%\n",
+    printf("breakdown  matmul %.1f%% | attention %.1f%% | element-wise %.1f%% | loss %.1f%% | "
+           "optimizer %.1f%%\n",
            100 * tm.matmul / total, 100 * tm.attention / total, 100 * tm.elementwise / total,
            100 * tm.loss / total, 100 * opt_s / total);
     printf("memory     params+grads+adam %.0f MiB + activations %.0f MiB = %.0f MiB expected; "
@@ -135,7 +145,7 @@ int strata_cli_bench(int argc, char **argv)
     if (a.config) e = strata_config_load(&cfg, a.config, a.sets, a.n_sets);
     if (e.code) return strata_cli_fail("bench", e);
 
-    strata_model_shape shape = {cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd,
+    strata_model_shape shape = {cfg.model.n_layer,    cfg.model.n_head,     cfg.model.n_embd,
                                 cfg.model.block_size, cfg.model.vocab_size, 0};
     strata_model *m;
     if ((e = strata_model_create(&m, &shape)).code) return strata_cli_fail("bench", e);
@@ -162,7 +172,8 @@ int strata_cli_bench(int argc, char **argv)
         strata_model_forward(m, tok, tok + 1, B, T, NULL);
         strata_model_backward(m, &bo);
         double t1 = strata_now_seconds();
-        strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f, 1e-4f, &all, 1);
+        strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f, 1e-4f, &all,
+                          1);
         double t2 = strata_now_seconds();
         opt_s += t2 - t1;
         times[s] = t2 - t0;
@@ -171,8 +182,8 @@ int strata_cli_bench(int argc, char **argv)
     double median = times[a.warmup + a.steps / 2];
     double peak = strata_sgemm_peak_gflops(1024);
     double act = (double)strata_model_activation_bytes(m);
-    print_bench(strata_model_get_shape(m), B, T, omp_get_max_threads(), median, strata_model_get_timing(m), opt_s,
-                a.steps, peak, n * 16.0 + act, act, n);
+    print_bench(strata_model_get_shape(m), B, T, omp_get_max_threads(), median,
+                strata_model_get_timing(m), opt_s, a.steps, peak, n * 16.0 + act, act, n);
     free(times);
     free(tok);
     strata_adamw_free(&opt);
@@ -188,13 +199,21 @@ int strata_cli_fisher(int argc, char **argv)
     int n_sets = 0;
     for (int i = 1; i < argc; i++) {
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(argv[i], "--config") && val) config = val, i++;
-        else if (!strcmp(argv[i], "--out") && val) out = val, i++;
-        else if (!strcmp(argv[i], "--samples") && val && atol(val) > 0) samples = atol(val), i++;
-        else if (!strcmp(argv[i], "--set") && val && n_sets < 256) sets[n_sets++] = argv[++i];
+        if (!strcmp(argv[i], "--config") && val)
+            config = val, i++;
+        else if (!strcmp(argv[i], "--out") && val)
+            out = val, i++;
+        else if (!strcmp(argv[i], "--samples") && val && atol(val) > 0)
+            samples = atol(val), i++;
+        else if (!strcmp(argv[i], "--set") && val && n_sets < 256)
+            sets[n_sets++] = argv[++i];
         else
-            return strata_cli_fail("fisher", strata_errorf(STRATA_EINPUT, "unexpected argument '%s' (usage: "
-                                   "strata fisher --config FILE.ini --out FISHER.h5 [--samples N])", argv[i]));
+            return strata_cli_fail(
+                "fisher",
+                strata_errorf(STRATA_EINPUT,
+                              "unexpected argument '%s' (usage: "
+                              "strata fisher --config FILE.ini --out FISHER.h5 [--samples N])",
+                              argv[i]));
     }
     if (!config || !out)
         return strata_cli_fail("fisher", strata_errorf(STRATA_EINPUT, "missing --config or --out"));
@@ -204,8 +223,10 @@ int strata_cli_fisher(int argc, char **argv)
     choose_threads(comm);
     strata_config cfg;
     e = strata_config_load(&cfg, config, sets, n_sets);
-    if (!e.code) e = strata_fisher_run(&cfg, comm, out, samples);
-    else if (strata_comm_rank(comm) != 0) e.msg[0] = 0;
+    if (!e.code)
+        e = strata_fisher_run(&cfg, comm, out, samples);
+    else if (strata_comm_rank(comm) != 0)
+        e.msg[0] = 0;
     if (e.code && e.msg[0]) strata_cli_fail("fisher", e);
     strata_comm_finalize(comm);
     return e.code;

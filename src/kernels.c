@@ -26,7 +26,10 @@ static inline float exp_approx(float x)
     x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     float n = floorf(x * 1.44269504f + 0.5f);
     float r = x - n * 0.693145752f - n * 1.42860677e-06f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    float p =
+        1.0f +
+        r * (1.0f +
+             r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
@@ -162,11 +165,11 @@ void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *d
                             const float *inp, const float *w, int N, int C, int OC)
 {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C,
-                    1.0f, dinp, C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C, 1.0f,
+                    dinp, C);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C,
-                    1.0f, dw, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
+                    dw, C);
     if (dbias) {
 #pragma omp parallel for schedule(static)
         for (int j0 = 0; j0 < OC; j0 += 64) {
@@ -210,8 +213,7 @@ static inline void mask_span_inplace(float *y, const uint64_t *row, long pos0, l
     }
 }
 
-void strata_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C,
-                              int NH)
+void strata_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH)
 {
     strata_attention_forward_dropout(out, att, NULL, qkv, B, T, C, NH, NULL);
 }
@@ -323,8 +325,8 @@ void strata_attention_backward_dropout(float *dqkv, float *datt, const float *do
                     for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
                     for (int j = t + 1; j < r1; j++) d[j] = 0.0f;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, hs, r1, scale, dPr, T,
-                            k, C3, 0.0f, dq + (size_t)r0 * C3, C3);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, hs, r1, scale, dPr, T, k,
+                            C3, 0.0f, dq + (size_t)r0 * C3, C3);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, scale, dPr, T,
                             q + (size_t)r0 * C3, C3, 1.0f, dk, C3);
             }
@@ -430,8 +432,10 @@ void strata_dropout_apply(float *out, const float *inp, const strata_dropout *d,
             long i0 = 4096 * c, n = row_len - i0 < 4096 ? row_len - i0 : 4096;
             const uint64_t *row = d->words + (size_t)r * d->words_per_row;
             size_t at = (size_t)r * row_len + i0;
-            if (out == inp) mask_span_inplace(out + at, row, i0, n, s);
-            else mask_span_copy(out + at, inp + at, row, i0, n, s);
+            if (out == inp)
+                mask_span_inplace(out + at, row, i0, n, s);
+            else
+                mask_span_copy(out + at, inp + at, row, i0, n, s);
         }
 }
 
@@ -450,8 +454,8 @@ size_t strata_lm_head_scratch_floats(int N, int C)
  * thread owning a range of channels; in double, as they add Vp terms. */
 void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlogits,
                              const float *inp, const float *mean, const float *rstd,
-                             const float *wte, const float *w, const float *b, int N, int C,
-                             int Vp, float *scratch)
+                             const float *wte, const float *w, const float *b, int N, int C, int Vp,
+                             float *scratch)
 {
     double *sum_w = (double *)scratch, *sum_b = sum_w + C;
     float *xhat = (float *)(sum_b + C), *G = xhat + (size_t)N * C;
@@ -474,8 +478,8 @@ void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlo
                 for (int j = j0; j < j1; j++) s[j] += d[j];
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nv, C, N, 1.0f, dlogits + v0, Vp,
-                    xhat, C, 0.0f, G, C);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nv, C, N, 1.0f, dlogits + v0, Vp, xhat,
+                    C, 0.0f, G, C);
 #pragma omp parallel for schedule(static)
         for (int c0 = 0; c0 < C; c0 += 16) {
             int c1 = c0 + 16 < C ? c0 + 16 : C;

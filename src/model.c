@@ -12,13 +12,24 @@
 
 /* The twelve tensors of a block, in buffer order. */
 enum {
-    LN1_W, LN1_B, QKV_W, QKV_B, PROJ_W, PROJ_B, LN2_W, LN2_B, FC_W, FC_B, FCPROJ_W, FCPROJ_B,
+    LN1_W,
+    LN1_B,
+    QKV_W,
+    QKV_B,
+    PROJ_W,
+    PROJ_B,
+    LN2_W,
+    LN2_B,
+    FC_W,
+    FC_B,
+    FCPROJ_W,
+    FCPROJ_B,
     BLOCK_TENSORS
 };
 static const char *block_tensor_names[BLOCK_TENSORS] = {
-    "ln_1.weight",      "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
+    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
     "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
-    "mlp.c_fc.weight",  "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
+    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
 };
 
 /* Activations one block keeps for its backward pass. */
@@ -87,7 +98,8 @@ strata_err strata_model_create(strata_model **out, const strata_model_shape *sha
 {
     strata_model_shape s = *shape;
     if (s.n_layer < 1 || s.n_head < 1 || s.n_embd < 1 || s.block_size < 2 || s.vocab_size < 2)
-        return strata_errorf(STRATA_EINPUT, "model shape must be positive (n_layer %d, n_head %d, "
+        return strata_errorf(STRATA_EINPUT,
+                             "model shape must be positive (n_layer %d, n_head %d, "
                              "n_embd %d, block_size %d, vocab_size %d)",
                              s.n_layer, s.n_head, s.n_embd, s.block_size, s.vocab_size);
     if (s.n_embd % s.n_head)
@@ -340,9 +352,8 @@ static void dropout_generate_slot(strata_model *m, int slot)
 {
     int site = slot == 0 ? STRATA_DROPOUT_EMBED : 1 + (slot - 1) % 3;
     long words = site == STRATA_DROPOUT_ATTN ? m->words_att : m->words_res;
-    long len = site == STRATA_DROPOUT_ATTN
-                   ? (long)m->shape.n_head * m->fwd_T * m->fwd_T
-                   : (long)m->fwd_T * m->shape.n_embd;
+    long len = site == STRATA_DROPOUT_ATTN ? (long)m->shape.n_head * m->fwd_T * m->fwd_T
+                                           : (long)m->fwd_T * m->shape.n_embd;
     strata_dropout_generate(dropout_words(m, slot), words, m->drop_keys + (size_t)slot * m->fwd_B,
                             m->fwd_B, len, m->drop_threshold);
 }
@@ -400,8 +411,8 @@ size_t strata_model_dropout_mask(const strata_model *m, int layer, int site, flo
     return n;
 }
 
-float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
-                           int B, int T, float *per_seq_loss)
+float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets, int B,
+                           int T, float *per_seq_loss)
 {
     int L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head;
     int V = m->shape.vocab_size, Vp = m->shape.padded_vocab, BT = B * T;
@@ -434,10 +445,9 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
     for (int l = 0; l < L; l++) {
         block_acts *a = &m->blocks[l];
         TIMED(elementwise, strata_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual,
-                                                    param(m, l, LN1_W), param(m, l, LN1_B), BT,
-                                                    C));
-        TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W),
-                                            param(m, l, QKV_B), BT, C, 3 * C, 0.0f));
+                                                    param(m, l, LN1_W), param(m, l, LN1_B), BT, C));
+        TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W), param(m, l, QKV_B),
+                                            BT, C, 3 * C, 0.0f));
         if (!drop) {
             TIMED(attention, strata_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
             /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
@@ -449,16 +459,15 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
              * the call; the branch output in d_small, dropped, then added. */
             strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
             strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
-            TIMED(attention, strata_attention_forward_dropout(a->atty, a->att, m->d_att, a->qkv,
-                                                              B, T, C, NH, &da));
+            TIMED(attention, strata_attention_forward_dropout(a->atty, a->att, m->d_att, a->qkv, B,
+                                                              T, C, NH, &da));
             TIMED(matmul, strata_matmul_forward(m->d_small, a->atty, param(m, l, PROJ_W),
                                                 param(m, l, PROJ_B), BT, C, C, 0.0f));
             TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dp, B, (long)T * C));
             TIMED(elementwise, strata_residual_forward(a->res2, residual, m->d_small, BT * C));
         }
         TIMED(elementwise, strata_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
-                                                    param(m, l, LN2_W), param(m, l, LN2_B), BT,
-                                                    C));
+                                                    param(m, l, LN2_W), param(m, l, LN2_B), BT, C));
         TIMED(matmul, strata_matmul_forward(a->fch, a->ln2, param(m, l, FC_W), param(m, l, FC_B),
                                             BT, C, 4 * C, 0.0f));
         TIMED(elementwise, strata_gelu_forward(a->fch_gelu, a->fch, BT * 4 * C));
@@ -477,16 +486,16 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
     }
     const float *lnf_w = m->params + m->tensors[m->n_tensors - 2].offset;
     const float *lnf_b = m->params + m->tensors[m->n_tensors - 1].offset;
-    TIMED(elementwise,
-          strata_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual, lnf_w, lnf_b, BT, C));
+    TIMED(elementwise, strata_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual, lnf_w,
+                                                lnf_b, BT, C));
     TIMED(matmul, strata_matmul_forward(m->logits, m->lnf, wte, NULL, BT, C, Vp, 0.0f));
     if (!targets) return 0.0f;
 
     memcpy(m->targets, targets, (size_t)BT * sizeof(uint32_t));
     /* The logits become d(sum of losses)/d(logits) right away: the backward
      * pass needs them and a second softmax pass would cost as much again. */
-    TIMED(loss, strata_crossentropy_forward_backward(m->logits, m->losses, targets, BT, V, Vp,
-                                                     1.0f));
+    TIMED(loss,
+          strata_crossentropy_forward_backward(m->logits, m->losses, targets, BT, V, Vp, 1.0f));
     double total = 0.0;
     for (int b = 0; b < B; b++) {
         double seq = 0.0;
@@ -527,13 +536,13 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
 
     /* MLP: res3 = res2 + c_proj(gelu(c_fc(ln2(res2)))) */
     memset(d_big, 0, (size_t)BT * 4 * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B),
-                                         d_branch, a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C,
-                                         C));
+    TIMED(matmul,
+          strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B), d_branch,
+                                 a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C, C));
     TIMED(elementwise, strata_gelu_backward(d_big, a->fch, d_big, BT * 4 * C));
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, FC_W), grad(m, l, FC_B), d_big,
-                                         a->ln2, param(m, l, FC_W), BT, C, 4 * C));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, FC_W), grad(m, l, FC_B), d_big, a->ln2,
+                                         param(m, l, FC_W), BT, C, 4 * C));
     TIMED(elementwise,
           strata_layernorm_backward(d_res, grad(m, l, LN2_W), grad(m, l, LN2_B), d_small, a->res2,
                                     param(m, l, LN2_W), a->ln2_mean, a->ln2_rstd, BT, C));
@@ -546,24 +555,23 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
         d_branch = d_big;
     }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B),
-                                         d_branch, a->atty, param(m, l, PROJ_W), BT, C, C));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B), d_branch,
+                                         a->atty, param(m, l, PROJ_W), BT, C, C));
     float *d_qkv = d_big; /* (B,T,3C) fits in the (B,T,4C) scratch, free again */
     if (!drop) {
-        TIMED(attention, strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B,
-                                                   T, C, NH));
+        TIMED(attention,
+              strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B, T, C, NH));
     } else {
         strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
-        TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv,
-                                                           a->att, B, T, C, NH, &da));
+        TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv, a->att,
+                                                           B, T, C, NH, &da));
     }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
     TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, QKV_W), grad(m, l, QKV_B), d_qkv,
                                          a->ln1, param(m, l, QKV_W), BT, C, 3 * C));
-    TIMED(elementwise, strata_layernorm_backward(need_dinp ? d_res : NULL, grad(m, l, LN1_W),
-                                                 grad(m, l, LN1_B), d_small, block_input,
-                                                 param(m, l, LN1_W), a->ln1_mean, a->ln1_rstd, BT,
-                                                 C));
+    TIMED(elementwise, strata_layernorm_backward(
+                           need_dinp ? d_res : NULL, grad(m, l, LN1_W), grad(m, l, LN1_B), d_small,
+                           block_input, param(m, l, LN1_W), a->ln1_mean, a->ln1_rstd, BT, C));
 }
 
 /* Feature extraction: only ln_f and the lm head train, so the gradient
@@ -575,8 +583,7 @@ static void block_backward(strata_model *m, int l, const float *block_input, int
 #ifndef STRATA_FE_LM_HEAD_IDENTITY
 #define STRATA_FE_LM_HEAD_IDENTITY 1
 #endif
-static int head_backward_without_dinp(strata_model *m, float *dwte, const float *final_res,
-                                      int BT)
+static int head_backward_without_dinp(strata_model *m, float *dwte, const float *final_res, int BT)
 {
     if (!STRATA_FE_LM_HEAD_IDENTITY) return 0;
     int C = m->shape.n_embd, Vp = m->shape.padded_vocab;
@@ -588,10 +595,10 @@ static int head_backward_without_dinp(strata_model *m, float *dwte, const float 
         if (!m->head_scratch) return 0;
     }
     size_t lnf_w = m->tensors[m->n_tensors - 2].offset, lnf_b = m->tensors[m->n_tensors - 1].offset;
-    TIMED(matmul, strata_lm_head_backward(dwte, m->grads + lnf_w, m->grads + lnf_b, m->logits,
-                                          final_res, m->lnf_mean, m->lnf_rstd, m->params,
-                                          m->params + lnf_w, m->params + lnf_b, BT, C, Vp,
-                                          m->head_scratch));
+    TIMED(matmul,
+          strata_lm_head_backward(dwte, m->grads + lnf_w, m->grads + lnf_b, m->logits, final_res,
+                                  m->lnf_mean, m->lnf_rstd, m->params, m->params + lnf_w,
+                                  m->params + lnf_b, BT, C, Vp, m->head_scratch));
     return 1;
 }
 
@@ -625,15 +632,14 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *o)
         return;
     }
     memset(m->d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(m->d_small, dwte, NULL, m->logits, m->lnf, m->params, BT,
-                                         C, Vp));
+    TIMED(matmul,
+          strata_matmul_backward(m->d_small, dwte, NULL, m->logits, m->lnf, m->params, BT, C, Vp));
     memset(m->d_res, 0, (size_t)BT * C * sizeof(float));
     TIMED(elementwise,
-          strata_layernorm_backward(need_below ? m->d_res : NULL,
-                                    m->grads + m->tensors[m->n_tensors - 2].offset,
-                                    m->grads + m->tensors[m->n_tensors - 1].offset, m->d_small,
-                                    final_res, m->params + m->tensors[m->n_tensors - 2].offset,
-                                    m->lnf_mean, m->lnf_rstd, BT, C));
+          strata_layernorm_backward(
+              need_below ? m->d_res : NULL, m->grads + m->tensors[m->n_tensors - 2].offset,
+              m->grads + m->tensors[m->n_tensors - 1].offset, m->d_small, final_res,
+              m->params + m->tensors[m->n_tensors - 2].offset, m->lnf_mean, m->lnf_rstd, BT, C));
     notify(o, L);
     for (int l = L - 1; l >= first; l--) {
         int need_dinp = l > first || (l == 0 && embeddings_train && first == 0);
@@ -646,11 +652,11 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *o)
             TIMED(elementwise, dropout_generate_slot(m, 0));
 #endif
             strata_dropout d = dropout_of(m, -1, STRATA_DROPOUT_EMBED);
-            TIMED(elementwise, strata_dropout_apply(m->d_res, m->d_res, &d, m->fwd_B,
-                                                    (long)m->fwd_T * C));
+            TIMED(elementwise,
+                  strata_dropout_apply(m->d_res, m->d_res, &d, m->fwd_B, (long)m->fwd_T * C));
         }
-        TIMED(elementwise, strata_encoder_backward(dwte, dwpe, m->d_res, m->inputs, m->fwd_B,
-                                                   m->fwd_T, C));
+        TIMED(elementwise,
+              strata_encoder_backward(dwte, dwpe, m->d_res, m->inputs, m->fwd_B, m->fwd_T, C));
     }
     notify(o, -1);
 }

@@ -31,7 +31,8 @@ double strata_sgemm_peak_gflops(int n)
     double best = 0;
     for (int rep = 0; rep < 6; rep++) {
         double t0 = strata_now_seconds();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
+                    n);
         double dt = strata_now_seconds() - t0;
         double g = 2.0 * n * n * (double)n / dt * 1e-9;
         if (rep > 0 && g > best) best = g;

@@ -33,7 +33,7 @@ typedef struct trainer {
     strata_model *model;
     int L, T;
     size_t n_floats;
-    strata_adamw opt;          /* owns this rank's shard (all without ZeRO) */
+    strata_adamw opt; /* owns this rank's shard (all without ZeRO) */
     strata_grad_sync *sync;
     strata_loader *loader;
     eval_state evals[STRATA_MAX_EVALS];
@@ -41,18 +41,18 @@ typedef struct trainer {
     strata_watchdog *watchdog; /* NULL when [train] step_timeout = 0 */
     strata_param_group *groups;
     int n_groups;
-    float *theta0;             /* init weights, for L2-SP, EWC and L1-to-init */
-    float *fisher;             /* EWC's diagonal Fisher, model layout */
+    float *theta0; /* init weights, for L2-SP, EWC and L1-to-init */
+    float *fisher; /* EWC's diagonal Fisher, model layout */
     uint32_t *inputs, *targets;
     float *seq_loss;
-    int slot_begin;            /* this rank's first slot in the global batch */
-    int64_t *slot_ids;         /* (micro_batch) global slots of a micro-batch, for dropout */
+    int slot_begin;    /* this rank's first slot in the global batch */
+    int64_t *slot_ids; /* (micro_batch) global slots of a micro-batch, for dropout */
     strata_schedule sched;
     strata_ckpt_state st;
     double peak_gflops, flops_per_token;
     double last_save_time;
-    long last_saved_step;      /* -1 until this run saved */
-    double train_peak_rss;     /* max over ranks, before the final save */
+    long last_saved_step;  /* -1 until this run saved */
+    double train_peak_rss; /* max over ranks, before the final save */
     double step_ms_sum, tokens_per_s_sum;
     long timed_steps;
 } trainer;
@@ -86,7 +86,8 @@ static strata_err make_dirs(const char *dir)
         if (*s != '/') continue;
         *s = 0;
         if (mkdir(p, 0777) && errno != EEXIST)
-            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", p, strerror(errno));
+            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", p,
+                                 strerror(errno));
         *s = '/';
     }
     if (mkdir(p, 0777) && errno != EEXIST)
@@ -138,15 +139,19 @@ static strata_err load_fisher(trainer *t)
 {
     const strata_config *c = t->cfg;
     if (!c->train.fisher[0])
-        return strata_errorf(STRATA_EINPUT, "%s: [train] ewc is %g but [train] fisher is not set "
-                             "(HINT: strata fisher --config ... --out fisher.h5)", c->path, c->train.ewc);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [train] ewc is %g but [train] fisher is not set "
+                             "(HINT: strata fisher --config ... --out fisher.h5)",
+                             c->path, c->train.ewc);
     strata_model *scratch;
     STRATA_TRY(strata_model_create(&scratch, strata_model_get_shape(t->model)));
     strata_err e = strata_ckpt_load(c->train.fisher, scratch, NULL, NULL, NULL);
     if (!e.code) {
         t->fisher = malloc(t->n_floats * sizeof(float));
-        if (t->fisher) memcpy(t->fisher, strata_model_params(scratch), t->n_floats * sizeof(float));
-        else e = strata_errorf(STRATA_EFAIL, "out of memory for the Fisher");
+        if (t->fisher)
+            memcpy(t->fisher, strata_model_params(scratch), t->n_floats * sizeof(float));
+        else
+            e = strata_errorf(STRATA_EFAIL, "out of memory for the Fisher");
     }
     strata_model_free(scratch);
     return e;
@@ -155,7 +160,7 @@ static strata_err load_fisher(trainer *t)
 static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
 {
     const strata_config *c = t->cfg;
-    strata_model_shape shape = {c->model.n_layer, c->model.n_head, c->model.n_embd,
+    strata_model_shape shape = {c->model.n_layer,    c->model.n_head,     c->model.n_embd,
                                 c->model.block_size, c->model.vocab_size, 0};
     STRATA_TRY(strata_model_create(&t->model, &shape));
     t->L = shape.n_layer;
@@ -168,13 +173,19 @@ static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
         STRATA_TRY(strata_ckpt_read_shape(c->model.init, &file_shape));
         const char *key = NULL;
         int got = 0, want = 0;
-        if (file_shape.n_layer != shape.n_layer) key = "n_layer", got = file_shape.n_layer, want = shape.n_layer;
-        else if (file_shape.n_head != shape.n_head) key = "n_head", got = file_shape.n_head, want = shape.n_head;
-        else if (file_shape.n_embd != shape.n_embd) key = "n_embd", got = file_shape.n_embd, want = shape.n_embd;
-        else if (file_shape.block_size != shape.block_size) key = "block_size", got = file_shape.block_size, want = shape.block_size;
-        else if (file_shape.vocab_size != shape.vocab_size) key = "vocab_size", got = file_shape.vocab_size, want = shape.vocab_size;
+        if (file_shape.n_layer != shape.n_layer)
+            key = "n_layer", got = file_shape.n_layer, want = shape.n_layer;
+        else if (file_shape.n_head != shape.n_head)
+            key = "n_head", got = file_shape.n_head, want = shape.n_head;
+        else if (file_shape.n_embd != shape.n_embd)
+            key = "n_embd", got = file_shape.n_embd, want = shape.n_embd;
+        else if (file_shape.block_size != shape.block_size)
+            key = "block_size", got = file_shape.block_size, want = shape.block_size;
+        else if (file_shape.vocab_size != shape.vocab_size)
+            key = "vocab_size", got = file_shape.vocab_size, want = shape.vocab_size;
         if (key)
-            return strata_errorf(STRATA_EINPUT, "%s: [model] %s is %d in the config but %d in init checkpoint %s",
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [model] %s is %d in the config but %d in init checkpoint %s",
                                  c->path, key, want, got, c->model.init);
         STRATA_TRY(strata_ckpt_load(c->model.init, t->model, NULL, NULL, init_state));
     }
@@ -194,15 +205,16 @@ static strata_err init_optimizer(trainer *t)
 {
     const strata_config *c = t->cfg;
     size_t bucket = (size_t)(c->train.bucket_mb * 1024 * 1024);
-    STRATA_TRY(strata_grad_sync_create(&t->sync, t->comm, strata_model_grads(t->model),
-                                       t->n_floats, bucket, c->train.zero));
+    STRATA_TRY(strata_grad_sync_create(&t->sync, t->comm, strata_model_grads(t->model), t->n_floats,
+                                       bucket, c->train.zero));
     size_t begin, end;
     strata_grad_sync_shard(t->sync, &begin, &end);
     strata_adamw_config ac = {(float)c->train.beta1, (float)c->train.beta2, (float)c->train.eps,
                               (float)c->train.weight_decay};
     STRATA_TRY(strata_adamw_init(&t->opt, &ac, begin, end));
-    t->sched = (strata_schedule){c->train.schedule, (float)c->train.lr, (float)c->train.min_lr,
-                                 c->train.warmup, c->train.steps, (float)c->train.decay_fraction};
+    t->sched =
+        (strata_schedule){c->train.schedule, (float)c->train.lr, (float)c->train.min_lr,
+                          c->train.warmup,   c->train.steps,     (float)c->train.decay_fraction};
     return strata_ok();
 }
 
@@ -232,8 +244,9 @@ static strata_err init_data(trainer *t)
     if (!c->data.new_path[0])
         return strata_errorf(STRATA_EINPUT, "%s: [data] new is not set", c->path);
     if (c->train.global_batch < t->world)
-        return strata_errorf(STRATA_EINPUT, "%s: [train] global_batch (%d) is smaller than the number of ranks (%d)",
-                             c->path, c->train.global_batch, t->world);
+        return strata_errorf(
+            STRATA_EINPUT, "%s: [train] global_batch (%d) is smaller than the number of ranks (%d)",
+            c->path, c->train.global_batch, t->world);
     STRATA_TRY(strata_loader_open(&t->loader, &lc));
     for (int i = 0; i < c->n_evals; i++) {
         STRATA_TRY(strata_evalset_open(&t->evals[i].set, c->evals[i].path, c->data.seq_len,
@@ -245,7 +258,8 @@ static strata_err init_data(trainer *t)
     t->targets = malloc((size_t)mb * T * sizeof(uint32_t));
     t->seq_loss = malloc((size_t)mb * sizeof(float));
     t->slot_ids = malloc((size_t)mb * sizeof(int64_t));
-    if (!t->inputs || !t->targets || !t->seq_loss || !t->slot_ids) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!t->inputs || !t->targets || !t->seq_loss || !t->slot_ids)
+        return strata_errorf(STRATA_EFAIL, "out of memory");
     return strata_model_reserve(t->model, mb, T);
 }
 
@@ -309,15 +323,18 @@ static int evaluate_all(trainer *t, long step)
         if (isnan(ev->baseline)) ev->baseline = loss;
         double delta = loss - ev->baseline;
         const char *name = t->cfg->evals[i].name;
-        say(t, "eval %-8s step %ld | loss %.4f | ppl %.2f | vs step-0 baseline %+.4f | %.1f s\n", name,
-            step, loss, exp(loss), delta, strata_now_seconds() - t0);
+        say(t, "eval %-8s step %ld | loss %.4f | ppl %.2f | vs step-0 baseline %+.4f | %.1f s\n",
+            name, step, loss, exp(loss), delta, strata_now_seconds() - t0);
         if (t->metrics) {
             char extra[128] = "";
-            if (!strcmp(name, "old")) snprintf(extra, sizeof extra, ",\"forgetting\":%s", json_num(b3, delta));
-            if (!strcmp(name, "new")) snprintf(extra, sizeof extra, ",\"learning\":%s", json_num(b3, -delta));
-            strata_err e = strata_metrics_write(t->metrics, "\"step\":%ld,\"eval\":\"%s\",\"loss\":%s,\"ppl\":%s,\"baseline\":%s%s",
-                                                step, name, json_num(b1, loss), json_num(b2, exp(loss)),
-                                                json_num(b3, ev->baseline), extra);
+            if (!strcmp(name, "old"))
+                snprintf(extra, sizeof extra, ",\"forgetting\":%s", json_num(b3, delta));
+            if (!strcmp(name, "new"))
+                snprintf(extra, sizeof extra, ",\"learning\":%s", json_num(b3, -delta));
+            strata_err e = strata_metrics_write(
+                t->metrics, "\"step\":%ld,\"eval\":\"%s\",\"loss\":%s,\"ppl\":%s,\"baseline\":%s%s",
+                step, name, json_num(b1, loss), json_num(b2, exp(loss)), json_num(b3, ev->baseline),
+                extra);
             if (e.code) strata_comm_abort(t->comm, 1, e.msg);
         }
     }
@@ -367,7 +384,8 @@ static strata_err save_checkpoint(trainer *t)
     if (c->train.zero && t->world > 1) {
         full_m = calloc(t->n_floats, sizeof(float));
         full_v = calloc(t->n_floats, sizeof(float));
-        if (!full_m || !full_v) strata_comm_abort(t->comm, 1, "out of memory gathering optimizer state");
+        if (!full_m || !full_v)
+            strata_comm_abort(t->comm, 1, "out of memory gathering optimizer state");
         memcpy(full_m + t->opt.begin, t->opt.m, (t->opt.end - t->opt.begin) * sizeof(float));
         memcpy(full_v + t->opt.begin, t->opt.v, (t->opt.end - t->opt.begin) * sizeof(float));
         strata_comm_gather_ranges(t->comm, full_m, t->n_floats);
@@ -399,29 +417,38 @@ static strata_err save_checkpoint(trainer *t)
 }
 
 /* Refuses a resume whose config changes what cannot change mid-run. */
-static strata_err check_resume_compatible(const trainer *t, const strata_ckpt_state *st, const char *path)
+static strata_err check_resume_compatible(const trainer *t, const strata_ckpt_state *st,
+                                          const char *path)
 {
     const strata_config *c = t->cfg;
     if (st->seed != c->data.seed)
-        return strata_errorf(STRATA_EINPUT, "%s: [data] seed is %llu but checkpoint %s was made with %llu; "
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] seed is %llu but checkpoint %s was made with %llu; "
                              "a resumed run cannot change it (HINT: resume = never to start over)",
-                             c->path, (unsigned long long)c->data.seed, path, (unsigned long long)st->seed);
+                             c->path, (unsigned long long)c->data.seed, path,
+                             (unsigned long long)st->seed);
     const char *fp = strata_loader_fingerprint(t->loader);
     if (st->data_fingerprint && strcmp(st->data_fingerprint, fp) &&
         !(c->data.follow && !strncmp(fp, st->data_fingerprint, strlen(st->data_fingerprint))))
-        return strata_errorf(STRATA_EINPUT, "%s: [data] new/replay streams differ from those of checkpoint %s "
-                             "(a resumed run cannot change its data; HINT: resume = never to start over)",
-                             c->path, path);
+        return strata_errorf(
+            STRATA_EINPUT,
+            "%s: [data] new/replay streams differ from those of checkpoint %s "
+            "(a resumed run cannot change its data; HINT: resume = never to start over)",
+            c->path, path);
     /* Keys that define the data order. */
-    static const char *fixed[] = {"global_batch = ", "replay_ratio = ", "seq_len = ", "shuffle_window = "};
+    static const char *fixed[] = {
+        "global_batch = ", "replay_ratio = ", "seq_len = ", "shuffle_window = "};
     char *now = strata_config_text(c);
     for (int i = 0; now && st->config && i < 4; i++) {
         const char *a = strstr(now, fixed[i]), *b = strstr(st->config, fixed[i]);
-        if (a && b && strcspn(a, "\n") == strcspn(b, "\n") && !strncmp(a, b, strcspn(a, "\n"))) continue;
+        if (a && b && strcspn(a, "\n") == strcspn(b, "\n") && !strncmp(a, b, strcspn(a, "\n")))
+            continue;
         if (!a || !b) continue;
-        strata_err e = strata_errorf(STRATA_EINPUT, "%s: %.*s differs from checkpoint %s (%.*s): a resumed run "
-                                     "cannot change it", c->path, (int)strcspn(a, "\n"), a, path,
-                                     (int)strcspn(b, "\n"), b);
+        strata_err e =
+            strata_errorf(STRATA_EINPUT,
+                          "%s: %.*s differs from checkpoint %s (%.*s): a resumed run "
+                          "cannot change it",
+                          c->path, (int)strcspn(a, "\n"), a, path, (int)strcspn(b, "\n"), b);
         free(now);
         return e;
     }
@@ -493,7 +520,8 @@ static float *acquire_buffer(trainer *t, int depth)
 {
     if (!spare_buffers[depth]) {
         spare_buffers[depth] = malloc(t->n_floats * sizeof(float));
-        if (!spare_buffers[depth]) strata_comm_abort(t->comm, 1, "out of memory for gradient accumulation");
+        if (!spare_buffers[depth])
+            strata_comm_abort(t->comm, 1, "out of memory for gradient accumulation");
     }
     return spare_buffers[depth];
 }
@@ -538,9 +566,12 @@ static void on_block_done(void *ctx, int layer)
     accumulation *a = ctx;
     trainer *t = a->t;
     size_t from, end;
-    if (layer < 0) from = 0;
-    else if (layer >= t->L) from = strata_model_find(t->model, "ln_f.weight")->offset;
-    else strata_model_block_range(t->model, layer, &from, &end);
+    if (layer < 0)
+        from = 0;
+    else if (layer >= t->L)
+        from = strata_model_find(t->model, "ln_f.weight")->offset;
+    else
+        strata_model_block_range(t->model, layer, &from, &end);
     if (from < a->folded_from) fold_range(a, from);
     strata_grad_sync_ready(t->sync, from);
 }
@@ -677,12 +708,14 @@ static void log_step(trainer *t, long step, const step_stats *s)
     double ms = fabs(s->ms);
     double tokens = (double)c->train.global_batch * t->T;
     double tps = tokens / (ms / 1e3);
-    double mfu = t->peak_gflops > 0 ? tps * t->flops_per_token / (t->peak_gflops * 1e9 * t->world) : NAN;
+    double mfu =
+        t->peak_gflops > 0 ? tps * t->flops_per_token / (t->peak_gflops * 1e9 * t->world) : NAN;
     t->step_ms_sum += ms;
     t->timed_steps++;
     double eta = (double)(c->train.steps - step) * (t->step_ms_sum / t->timed_steps) / 1e3;
     if (step % c->log.every && step != c->train.steps) return;
-    say(t, "step %ld/%ld | loss %.4f (new %.4f, replay %.4f) | lr %.2e | norm %.3f | %.0f ms | "
+    say(t,
+        "step %ld/%ld | loss %.4f (new %.4f, replay %.4f) | lr %.2e | norm %.3f | %.0f ms | "
         "%.0f tok/s | data %.1f ms | comm %.1f ms | ETA %dh%02dm%02ds%s\n",
         step, c->train.steps, s->loss, s->loss_new, s->loss_replay, s->lr, s->grad_norm, ms, tps,
         s->data_ms, s->comm_ms, (int)(eta / 3600), (int)fmod(eta / 60, 60), (int)fmod(eta, 60),
@@ -691,7 +724,8 @@ static void log_step(trainer *t, long step, const step_stats *s)
     char b[12][32];
     strata_err e = strata_metrics_write(
         t->metrics,
-        "\"step\":%ld,\"tokens\":%ld,\"loss\":%s,\"loss_new\":%s,\"loss_replay\":%s,\"tokens_new\":%ld,"
+        "\"step\":%ld,\"tokens\":%ld,\"loss\":%s,\"loss_new\":%s,\"loss_replay\":%s,\"tokens_new\":"
+        "%ld,"
         "\"tokens_replay\":%ld,\"lr\":%s,\"grad_norm\":%s,\"ms\":%s,\"tokens_per_s\":%s,\"mfu\":%s,"
         "\"data_ms\":%s,\"comm_ms\":%s,\"comm_hidden\":%s,\"skipped\":%d",
         step, t->st.tokens_seen, json_num(b[0], s->loss), json_num(b[1], s->loss_new),
@@ -747,9 +781,13 @@ static void print_memory(const trainer *t)
     double acts = (double)strata_model_activation_bytes(t->model);
     double reduce = t->world > 1 ? n : 0, extra = (t->theta0 ? n : 0) + (t->fisher ? n : 0);
     char extra_text[64] = "";
-    if (extra > 0) snprintf(extra_text, sizeof extra_text, ", init weights/Fisher %.0f MiB", extra * mib);
-    say(t, "memory per rank: params %.0f MiB, grads %.0f MiB, adam m+v %.0f MiB%s, activations %.0f MiB, "
-        "reduction buffers %.0f MiB%s; total %.0f MiB\n", n * mib, n * mib, adam * mib,
+    if (extra > 0)
+        snprintf(extra_text, sizeof extra_text, ", init weights/Fisher %.0f MiB", extra * mib);
+    say(t,
+        "memory per rank: params %.0f MiB, grads %.0f MiB, adam m+v %.0f MiB%s, activations %.0f "
+        "MiB, "
+        "reduction buffers %.0f MiB%s; total %.0f MiB\n",
+        n * mib, n * mib, adam * mib,
         t->cfg->train.zero && t->world > 1 ? " (ZeRO-1: 1/W of it)" : "", acts * mib, reduce * mib,
         extra_text, (2 * n + adam + acts + reduce + extra) * mib);
 }
@@ -768,7 +806,8 @@ static strata_err setup(trainer *t, const strata_config *cfg, strata_comm *comm)
     t->st.data_fingerprint = strdup(strata_loader_fingerprint(t->loader));
     STRATA_TRY(resume(t));
     if (t->rank == 0 && cfg->log.metrics[0])
-        STRATA_TRY(strata_metrics_open(&t->metrics, cfg->log.metrics, t->st.step > 0 ? t->st.step : -1));
+        STRATA_TRY(
+            strata_metrics_open(&t->metrics, cfg->log.metrics, t->st.step > 0 ? t->st.step : -1));
     strata_model_shape shape = *strata_model_get_shape(t->model);
     t->flops_per_token = strata_flops_per_token(&shape, t->T);
     t->peak_gflops = strata_sgemm_peak_gflops(512);
@@ -798,15 +837,21 @@ static strata_err run_loop(trainer *t)
         int exhausted = 0;
         double data_ms = 0;
         /* Waiting for new shards with follow is on purpose, not a hang. */
-        if (c->data.follow) strata_watchdog_pause(t->watchdog);
-        else strata_watchdog_phase(t->watchdog, step, "data");
+        if (c->data.follow)
+            strata_watchdog_pause(t->watchdog);
+        else
+            strata_watchdog_phase(t->watchdog, step, "data");
         strata_err e = strata_loader_get(t->loader, step, &batch, &exhausted, &data_ms);
         strata_watchdog_phase(t->watchdog, step, "step agreement");
         if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
-        int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) | (exhausted ? STRATA_AGREE_ERROR : 0);
+        int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) |
+                    (exhausted ? STRATA_AGREE_ERROR : 0);
         flags = strata_comm_agree(t->comm, flags);
         if (flags & STRATA_AGREE_ERROR) {
-            say(t, "the new-data stream is used up after step %ld (set [data] wrap or follow to go on)\n", step);
+            say(t,
+                "the new-data stream is used up after step %ld (set [data] wrap or follow to go "
+                "on)\n",
+                step);
             break;
         }
         if (flags & STRATA_AGREE_STOP) return strata_errorf(STRATA_ESTOPPED, "stopped");
@@ -814,7 +859,8 @@ static strata_err run_loop(trainer *t)
         strata_watchdog_phase(t->watchdog, step, "forward/backward");
         step_stats s = train_step(t, batch);
         if (c->train.step_timeout < 0 && t->timed_steps > 0)
-            strata_watchdog_set_timeout(t->watchdog, fmax(300.0, 20.0 * t->step_ms_sum / t->timed_steps / 1e3));
+            strata_watchdog_set_timeout(t->watchdog,
+                                        fmax(300.0, 20.0 * t->step_ms_sum / t->timed_steps / 1e3));
         s.data_ms = data_ms;
         step++;
         t->st.step = step;
@@ -827,7 +873,8 @@ static strata_err run_loop(trainer *t)
         }
         log_step(t, step, &s);
         if (t->st.bad_in_a_row >= c->train.max_bad_steps)
-            return strata_errorf(STRATA_EFAIL, "%d non-finite steps in a row (last at step %ld): stopping; "
+            return strata_errorf(STRATA_EFAIL,
+                                 "%d non-finite steps in a row (last at step %ld): stopping; "
                                  "the last good checkpoint is kept (HINT: lower [train] lr)",
                                  t->st.bad_in_a_row, step);
         if (s.ms < 0) return strata_errorf(STRATA_ESTOPPED, "stopped");
@@ -852,24 +899,33 @@ strata_err strata_train_run(const strata_config *cfg, strata_comm *comm)
     memset(&t, 0, sizeof t);
     strata_err e = strata_comm_agree_error(comm, setup(&t, cfg, comm));
     if (!e.code && cfg->train.step_timeout != 0)
-        t.watchdog = strata_watchdog_start(comm, cfg->train.step_timeout > 0 ? cfg->train.step_timeout : 300.0);
+        t.watchdog = strata_watchdog_start(
+            comm, cfg->train.step_timeout > 0 ? cfg->train.step_timeout : 300.0);
     if (!e.code) {
-        say(&t, "strata: %zu parameters, %d ranks x %d threads, global batch %d x %d tokens, %ld steps\n",
+        say(&t,
+            "strata: %zu parameters, %d ranks x %d threads, global batch %d x %d tokens, %ld "
+            "steps\n",
             strata_model_n_params(t.model), t.world, omp_get_max_threads(), cfg->train.global_batch,
             t.T, cfg->train.steps);
         print_memory(&t);
         e = run_loop(&t);
         if (e.code == STRATA_ESTOPPED) {
-            say(&t, "stop requested (signal %d) at step %ld: saving a checkpoint\n", strata_stop_signal(), t.st.step);
+            say(&t, "stop requested (signal %d) at step %ld: saving a checkpoint\n",
+                strata_stop_signal(), t.st.step);
             strata_err se = t.last_saved_step == t.st.step ? strata_ok() : save_checkpoint(&t);
-            e = se.code ? se : strata_errorf(STRATA_ESTOPPED, "stopped at step %ld after a checkpoint; "
-                                             "run again with resume = auto to continue", t.st.step);
+            e = se.code ? se
+                        : strata_errorf(STRATA_ESTOPPED,
+                                        "stopped at step %ld after a checkpoint; "
+                                        "run again with resume = auto to continue",
+                                        t.st.step);
         }
     }
     strata_watchdog_stop(t.watchdog);
     if (t.train_peak_rss > 0)
-        say(&t, "peak RSS while training: %.0f MiB (the largest rank; rank 0 gathers ZeRO's "
-            "optimizer state to save)\n", t.train_peak_rss / (1 << 20));
+        say(&t,
+            "peak RSS while training: %.0f MiB (the largest rank; rank 0 gathers ZeRO's "
+            "optimizer state to save)\n",
+            t.train_peak_rss / (1 << 20));
     trainer_free(&t);
     return e;
 }
@@ -946,7 +1002,8 @@ strata_err strata_fisher_run(const strata_config *cfg, strata_comm *comm, const 
     strata_evalset *set = NULL;
     float *fisher = NULL;
     strata_err e = strata_comm_agree_error(comm, init_model(&t, NULL));
-    if (!e.code) e = strata_evalset_open(&set, source, cfg->data.seq_len, cfg->model.vocab_size, n_samples);
+    if (!e.code)
+        e = strata_evalset_open(&set, source, cfg->data.seq_len, cfg->model.vocab_size, n_samples);
     if (!e.code) {
         t.T = cfg->data.seq_len;
         t.inputs = malloc((size_t)t.T * sizeof(uint32_t));
@@ -972,7 +1029,9 @@ strata_err strata_fisher_run(const strata_config *cfg, strata_comm *comm, const 
         if (t.rank == 0) {
             memcpy(strata_model_params(t.model), fisher, t.n_floats * sizeof(float));
             e = strata_ckpt_write(out_path, t.model, NULL, NULL, NULL);
-            if (!e.code) say(&t, "wrote %s: diagonal Fisher over %ld sequences of %s\n", out_path, n, source);
+            if (!e.code)
+                say(&t, "wrote %s: diagonal Fisher over %ld sequences of %s\n", out_path, n,
+                    source);
         }
         e = strata_comm_agree_error(comm, e);
     }

@@ -29,14 +29,14 @@
 
 /* Everything besides tensors that a bit-identical resume needs. */
 typedef struct strata_ckpt_state {
-    long step;           /* optimizer steps completed */
-    long tokens_seen;    /* training tokens consumed (new + replay) */
-    uint64_t seed;       /* [data] seed */
-    int world_size;      /* W at save time (informational) */
-    long adam_t;         /* AdamW's update count (bias correction) */
-    long skipped_steps;  /* updates skipped for a non-finite loss or norm */
-    int bad_in_a_row;    /* consecutive skipped updates at save time */
-    char *config;        /* the resolved config text (owned; free with strata_ckpt_state_free) */
+    long step;              /* optimizer steps completed */
+    long tokens_seen;       /* training tokens consumed (new + replay) */
+    uint64_t seed;          /* [data] seed */
+    int world_size;         /* W at save time (informational) */
+    long adam_t;            /* AdamW's update count (bias correction) */
+    long skipped_steps;     /* updates skipped for a non-finite loss or norm */
+    int bad_in_a_row;       /* consecutive skipped updates at save time */
+    char *config;           /* the resolved config text (owned; free with strata_ckpt_state_free) */
     char *data_fingerprint; /* identifies the data streams (owned) */
     char *extra_json;       /* free-form JSON object, e.g. eval baselines (owned) */
 } strata_ckpt_state;

@@ -57,8 +57,7 @@ void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats);
 void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats);
 
 /* The part of an n_floats buffer rank r owns under ZeRO-1. */
-void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin,
-                       size_t *end);
+void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin, size_t *end);
 
 typedef struct strata_grad_sync strata_grad_sync;
 

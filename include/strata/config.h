@@ -17,7 +17,7 @@
 #include "strata/schedule.h"
 
 #define STRATA_MAX_EVALS 8
-#define STRATA_PATH_MAX 4096
+#define STRATA_PATH_MAX  4096
 
 typedef struct strata_eval_config {
     char name[64];
@@ -52,16 +52,16 @@ typedef struct strata_config {
         int zero;
         double bucket_mb;
         int max_bad_steps;
-        double step_timeout;  /* seconds; < 0 = automatic, 0 = off */
-        double l2sp;          /* alpha of the L2-SP penalty toward the init weights */
-        double ewc;           /* lambda of the EWC penalty */
+        double step_timeout; /* seconds; < 0 = automatic, 0 = off */
+        double l2sp;         /* alpha of the L2-SP penalty toward the init weights */
+        double ewc;          /* lambda of the EWC penalty */
         char fisher[STRATA_PATH_MAX];
-        double l1;            /* lambda of the L1 proximal step */
-        int l1_to_init;       /* L1 toward the init weights instead of zero */
+        double l1;      /* lambda of the L1 proximal step */
+        int l1_to_init; /* L1 toward the init weights instead of zero */
         int freeze_embeddings;
-        int freeze_blocks;    /* lowest k blocks frozen */
+        int freeze_blocks;     /* lowest k blocks frozen */
         int freeze_all_blocks; /* feature extraction */
-        long unfreeze_every;  /* gradual unfreezing: one more block every N steps */
+        long unfreeze_every;   /* gradual unfreezing: one more block every N steps */
         double layer_lr_decay; /* lr multiplier per block below the top (1 = off) */
         uint64_t init_seed;
     } train;

@@ -22,14 +22,13 @@ typedef struct strata_err {
 } strata_err;
 
 strata_err strata_ok(void);
-strata_err strata_errorf(int code, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+strata_err strata_errorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Propagate a failure to the caller: STRATA_TRY(strata_shard_open(...)); */
-#define STRATA_TRY(expr)                                                       \
-    do {                                                                       \
-        strata_err try_err_ = (expr);                                          \
-        if (try_err_.code) return try_err_;                                    \
+#define STRATA_TRY(expr)                                                                           \
+    do {                                                                                           \
+        strata_err try_err_ = (expr);                                                              \
+        if (try_err_.code) return try_err_;                                                        \
     } while (0)
 
 #endif

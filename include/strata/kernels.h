@@ -109,7 +109,7 @@ void strata_attention_backward_dropout(float *dqkv, float *datt, const float *do
 size_t strata_lm_head_scratch_floats(int N, int C);
 void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlogits,
                              const float *inp, const float *mean, const float *rstd,
-                             const float *wte, const float *w, const float *b, int N, int C,
-                             int Vp, float *scratch);
+                             const float *wte, const float *w, const float *b, int N, int C, int Vp,
+                             float *scratch);
 
 #endif

@@ -33,13 +33,13 @@ typedef struct strata_model_shape {
 } strata_model_shape;
 
 typedef struct strata_tensor {
-    char name[48];  /* Hugging Face name, without "transformer." */
-    size_t offset;  /* into params/grads, in floats */
-    size_t numel;   /* elements stored in files (wte: V*C) */
-    int ndim;       /* 1 or 2 */
-    int shape[2];   /* as stored in files: wte (V, C); linear (out, in) */
-    int layer;      /* block index, or -1 for wte, wpe, ln_f */
-    int decay;      /* 1 for 2-D weights (weight decay applies) */
+    char name[48]; /* Hugging Face name, without "transformer." */
+    size_t offset; /* into params/grads, in floats */
+    size_t numel;  /* elements stored in files (wte: V*C) */
+    int ndim;      /* 1 or 2 */
+    int shape[2];  /* as stored in files: wte (V, C); linear (out, in) */
+    int layer;     /* block index, or -1 for wte, wpe, ln_f */
+    int decay;     /* 1 for 2-D weights (weight decay applies) */
 } strata_tensor;
 
 typedef struct strata_model strata_model;
@@ -74,8 +74,8 @@ size_t strata_model_activation_bytes(const strata_model *m);
  * cross-entropy over the B*T positions and, in per_seq_loss (B) when not NULL,
  * each sequence's mean loss. With targets NULL returns 0 and keeps logits.
  * Every token id must be < vocab_size (checked by the data layer). */
-float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
-                           int B, int T, float *per_seq_loss);
+float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets, int B,
+                           int T, float *per_seq_loss);
 
 /* Backward of the last forward (which had targets), ADDING to the gradient
  * buffer the gradient of loss_scale * (sum of the B*T token losses). Blocks

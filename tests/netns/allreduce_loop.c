@@ -31,13 +31,15 @@
 #include <time.h>
 #include <unistd.h>
 
-static void sleep_ms(int ms) {
+static void sleep_ms(int ms)
+{
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0) {
     }
 }
 
-static double now_s(void) {
+static double now_s(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -49,14 +51,17 @@ static double abort_after;
 static int my_rank;
 static char my_name[MPI_MAX_PROCESSOR_NAME];
 
-static void *watchdog(void *arg) {
+static void *watchdog(void *arg)
+{
     (void)arg;
     for (;;) {
         sleep_ms(100);
         double waited = now_s() - atomic_load(&last_ok);
         if (waited > abort_after) {
-            fprintf(stderr, "allreduce_loop: watchdog: rank %d host %s iter %ld: waited %.1f s, MPI_Abort\n",
-                    my_rank, my_name, atomic_load(&cur_iter), waited);
+            fprintf(
+                stderr,
+                "allreduce_loop: watchdog: rank %d host %s iter %ld: waited %.1f s, MPI_Abort\n",
+                my_rank, my_name, atomic_load(&cur_iter), waited);
             fflush(stderr);
             MPI_Abort(MPI_COMM_WORLD, 3);
             _exit(3);
@@ -65,12 +70,14 @@ static void *watchdog(void *arg) {
     return NULL;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     abort_after = argc > 5 ? atof(argv[5]) : 0;
     if (abort_after > 0) {
         int provided;
         MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
-        if (provided < MPI_THREAD_MULTIPLE) fprintf(stderr, "allreduce_loop: no MPI_THREAD_MULTIPLE (%d)\n", provided);
+        if (provided < MPI_THREAD_MULTIPLE)
+            fprintf(stderr, "allreduce_loop: no MPI_THREAD_MULTIPLE (%d)\n", provided);
     } else {
         MPI_Init(&argc, &argv);
     }
@@ -84,7 +91,8 @@ int main(int argc, char **argv) {
     int pause = argc > 4 ? atoi(argv[4]) : 0;
     if (iters < 0 || count < 1 || count > (1L << 28) || every < 1 || pause < 0 || abort_after < 0) {
         if (rank == 0)
-            fprintf(stderr, "usage: allreduce_loop [iters [count [every [sleep_ms [abort_after_s]]]]]\n");
+            fprintf(stderr,
+                    "usage: allreduce_loop [iters [count [every [sleep_ms [abort_after_s]]]]]\n");
         MPI_Finalize();
         return 2;
     }
@@ -99,7 +107,8 @@ int main(int argc, char **argv) {
                MPI_COMM_WORLD);
     if (rank == 0) {
         printf("allreduce_loop: %d ranks, count %ld:", n, count);
-        for (int r = 0; r < n; r++) printf(" r%d=%s", r, names + (size_t)r * MPI_MAX_PROCESSOR_NAME);
+        for (int r = 0; r < n; r++)
+            printf(" r%d=%s", r, names + (size_t)r * MPI_MAX_PROCESSOR_NAME);
         printf("\n");
         fflush(stdout);
         free(names);
@@ -127,8 +136,10 @@ int main(int argc, char **argv) {
         for (long j = 0; j < count; j++) {
             double want = tri * (double)((i + j) % 1000 + 1);
             if (r[j] != want) {
-                fprintf(stderr, "allreduce_loop: rank %d (%s): iter %ld element %ld: got %.17g want %.17g\n",
-                        rank, name, i, j, r[j], want);
+                fprintf(
+                    stderr,
+                    "allreduce_loop: rank %d (%s): iter %ld element %ld: got %.17g want %.17g\n",
+                    rank, name, i, j, r[j], want);
                 fflush(stderr);
                 MPI_Abort(MPI_COMM_WORLD, 2);
             }
@@ -143,7 +154,8 @@ int main(int argc, char **argv) {
     }
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
-        printf("allreduce_loop: done %ld iterations on %d ranks, sums ok, %.3f s\n", i, n, MPI_Wtime() - t0);
+        printf("allreduce_loop: done %ld iterations on %d ranks, sums ok, %.3f s\n", i, n,
+               MPI_Wtime() - t0);
         fflush(stdout);
     }
     free(s);
