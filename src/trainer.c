@@ -427,14 +427,15 @@ static strata_err check_resume_compatible(const trainer *t, const strata_ckpt_st
                              "a resumed run cannot change it (HINT: resume = never to start over)",
                              c->path, (unsigned long long)c->data.seed, path,
                              (unsigned long long)st->seed);
-    const char *fp = strata_loader_fingerprint(t->loader);
-    if (st->data_fingerprint && strcmp(st->data_fingerprint, fp) &&
-        !(c->data.follow && !strncmp(fp, st->data_fingerprint, strlen(st->data_fingerprint))))
-        return strata_errorf(
-            STRATA_EINPUT,
-            "%s: [data] new/replay streams differ from those of checkpoint %s "
-            "(a resumed run cannot change its data; HINT: resume = never to start over)",
-            c->path, path);
+    if (st->data_fingerprint) {
+        strata_err e = strata_loader_check_fingerprint(t->loader, st->data_fingerprint);
+        if (e.code)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [data] streams differ from those of checkpoint %s: %s (a "
+                                 "resumed run cannot change its data; HINT: resume = never to "
+                                 "start over)",
+                                 c->path, path, e.msg);
+    }
     /* Keys that define the data order. */
     static const char *fixed[] = {
         "global_batch = ", "replay_ratio = ", "seq_len = ", "shuffle_window = "};
@@ -826,6 +827,37 @@ static int time_to_save(const trainer *t, long step)
     return 0;
 }
 
+/* This step's batch. With follow the loader may wait for new shards: the
+ * ranks poll every few seconds and agree each time, so a signal still stops
+ * them and they move on (or give up) together. Returns agreed flags. */
+enum { AGREE_WAITING = 8 };
+static int next_batch(trainer *t, long step, strata_batch **batch, double *data_ms)
+{
+    int said = 0;
+    for (;;) {
+        int status = STRATA_LOADER_READY;
+        double waited = 0;
+        /* Waiting for new shards with follow is on purpose, not a hang. */
+        if (t->cfg->data.follow)
+            strata_watchdog_pause(t->watchdog);
+        else
+            strata_watchdog_phase(t->watchdog, step, "data");
+        strata_err e = strata_loader_poll(t->loader, step, t->cfg->data.follow ? 5.0 : -1.0, batch,
+                                          &status, &waited);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
+        *data_ms += waited;
+        strata_watchdog_phase(t->watchdog, step, "step agreement");
+        int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) |
+                    (status == STRATA_LOADER_EXHAUSTED ? STRATA_AGREE_ERROR : 0) |
+                    (status == STRATA_LOADER_WAITING ? AGREE_WAITING : 0);
+        flags = strata_comm_agree(t->comm, flags);
+        if (!(flags & AGREE_WAITING) || (flags & (STRATA_AGREE_STOP | STRATA_AGREE_ERROR)))
+            return flags;
+        if (!said++ && status == STRATA_LOADER_WAITING)
+            fprintf(stderr, "strata: %s\n", strata_loader_wait_reason(t->loader));
+    }
+}
+
 /* The loop proper; returns STRATA_ESTOPPED after a stop and its checkpoint. */
 static strata_err run_loop(trainer *t)
 {
@@ -834,19 +866,8 @@ static strata_err run_loop(trainer *t)
     if (step == 0 && c->n_evals > 0 && evaluate_all(t, 0)) return strata_ok();
     while (step < c->train.steps) {
         strata_batch *batch = NULL;
-        int exhausted = 0;
         double data_ms = 0;
-        /* Waiting for new shards with follow is on purpose, not a hang. */
-        if (c->data.follow)
-            strata_watchdog_pause(t->watchdog);
-        else
-            strata_watchdog_phase(t->watchdog, step, "data");
-        strata_err e = strata_loader_get(t->loader, step, &batch, &exhausted, &data_ms);
-        strata_watchdog_phase(t->watchdog, step, "step agreement");
-        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
-        int flags = (strata_stop_requested() ? STRATA_AGREE_STOP : 0) |
-                    (exhausted ? STRATA_AGREE_ERROR : 0);
-        flags = strata_comm_agree(t->comm, flags);
+        int flags = next_batch(t, step, &batch, &data_ms);
         if (flags & STRATA_AGREE_ERROR) {
             say(t,
                 "the new-data stream is used up after step %ld (set [data] wrap or follow to go "
