@@ -28,25 +28,25 @@ typedef struct strata_loader_config {
     int seq_len;         /* T */
     int vocab_size;      /* tokens must be < this */
     uint64_t seed;
-    int global_batch;    /* G */
+    int global_batch;         /* G */
     int slot_begin, slot_end; /* this rank's slots [begin, end) */
-    int follow;          /* wait for new shards when the new stream is used up */
-    double follow_timeout_s; /* give up waiting after this long (0 = forever) */
-    int wrap;            /* without follow: start the new stream over when used up */
-    int shuffle_window;  /* samples per shuffle window of the new stream (0 = default) */
-    int prefetch;        /* 1 = background thread (default), 0 = read on demand */
-    double follow_poll_s; /* seconds between re-reads of the stream while following (0 = 2) */
+    int follow;               /* wait for new shards when the new stream is used up */
+    double follow_timeout_s;  /* give up waiting after this long (0 = forever) */
+    int wrap;                 /* without follow: start the new stream over when used up */
+    int shuffle_window;       /* samples per shuffle window of the new stream (0 = default) */
+    int prefetch;             /* 1 = background thread (default), 0 = read on demand */
+    double follow_poll_s;     /* seconds between re-reads of the stream while following (0 = 2) */
 } strata_loader_config;
 
 /* The samples of one step for this rank. tokens holds n rows of T+1 ids:
  * inputs are row[0..T), targets row[1..T+1). */
 typedef struct strata_batch {
     long step;
-    int n;                /* slot_end - slot_begin */
+    int n; /* slot_end - slot_begin */
     int T;
-    uint32_t *tokens;     /* (n, T+1) */
-    uint8_t *is_replay;   /* (n) */
-    int64_t *sample_id;   /* (n) global identity of each sample, for tests */
+    uint32_t *tokens;   /* (n, T+1) */
+    uint8_t *is_replay; /* (n) */
+    int64_t *sample_id; /* (n) global identity of each sample, for tests */
 } strata_batch;
 
 typedef struct strata_loader strata_loader;
@@ -92,8 +92,8 @@ void strata_loader_close(strata_loader *l);
 
 /* Held-out sets: consecutive samples of one stream, read on demand. */
 typedef struct strata_evalset strata_evalset;
-strata_err strata_evalset_open(strata_evalset **out, const char *path, int seq_len,
-                               int vocab_size, long max_samples);
+strata_err strata_evalset_open(strata_evalset **out, const char *path, int seq_len, int vocab_size,
+                               long max_samples);
 long strata_evalset_n_samples(const strata_evalset *e);
 /* Reads samples [first, first+n) into tokens (n, T+1). */
 strata_err strata_evalset_read(strata_evalset *e, long first, int n, uint32_t *tokens);

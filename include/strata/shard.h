@@ -24,7 +24,7 @@
 
 typedef struct strata_shard_info {
     int64_t n_tokens;
-    int64_t n_docs;       /* 0 when /doc_offsets is absent */
+    int64_t n_docs; /* 0 when /doc_offsets is absent */
     int vocab_size;
     int eot_token;        /* -1 if none */
     int token_bits;       /* 16 or 32 */
@@ -72,8 +72,7 @@ typedef struct strata_shard_writer_opts {
 strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
                                     const strata_shard_writer_opts *opts);
 strata_err strata_shard_writer_doc(strata_shard_writer *w);
-strata_err strata_shard_writer_append(strata_shard_writer *w, const uint32_t *tokens,
-                                      size_t n);
+strata_err strata_shard_writer_append(strata_shard_writer *w, const uint32_t *tokens, size_t n);
 int64_t strata_shard_writer_tokens(const strata_shard_writer *w);
 /* Flushes, writes /doc_offsets, closes, and frees w (also on error). The file
  * is written under a temporary name and renamed into place on success. */
