@@ -5,7 +5,7 @@
 #   2. pretrain the tiny GPT-2 on English;
 #   3. continue it on code with 0 %, 5 % and 25 % replay of English, on 2 MPI ranks;
 #   4. print the forgetting/learning table and where the plots are.
-# About 10 minutes on 2 cores. Outputs go to data/ and runs/demo/.
+# About 4 minutes on 2 quiet cores. Outputs go to data/ and runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
