@@ -12,7 +12,7 @@ cat > run.ini <<'EOF2'
 [model]
 n_layer = 2
 n_head = 4
-n_embd = 64
+n_embd = 128
 block_size = 64
 vocab_size = 256
 [data]
@@ -22,7 +22,7 @@ replay_ratio = 0.25
 seq_len = 64
 seed = 11
 [train]
-steps = 30
+steps = 60
 global_batch = 8
 micro_batch = 2
 lr = 2e-3
@@ -43,16 +43,20 @@ train() { # dir [more args]
 }
 
 # Waits until the run in $1 logged step >= $2, then signals one of its ranks.
+# The ranks are frozen (SIGSTOP) around the signal: a step takes milliseconds
+# on a fast machine, and the run must not finish between seeing the step and
+# delivering SIGTERM.
 stop_at() {
-  local dir=$1 step=$2 pid
-  for _ in $(seq 1 600); do
+  local dir=$1 step=$2 pids
+  for _ in $(seq 1 3000); do
     if [ -f "$dir/metrics.jsonl" ] && [ "$(tail -n1 "$dir/metrics.jsonl" | sed -n 's/.*"step":\([0-9]*\).*/\1/p')" -ge "$step" ] 2>/dev/null; then
-      pid=$(pgrep -f "^$STRATA train .*checkpoint.dir=$dir/ckpt" | shuf -n1 --random-source=<(yes))
-      [ -n "$pid" ] || fail "no rank of $dir to signal"
-      kill -TERM "$pid"
+      pids=$(pgrep -f "^$STRATA train .*checkpoint.dir=$dir/ckpt") || fail "no rank of $dir to signal"
+      kill -STOP $pids
+      kill -TERM "$(shuf -n1 <<<"$pids")"
+      kill -CONT $pids
       return 0
     fi
-    sleep 0.05
+    sleep 0.01
   done
   fail "run $dir never reached step $step"
 }
@@ -75,9 +79,9 @@ interrupted_run() { # dir, then the steps to stop at
   train "$dir" > "$dir-final.log" 2>&1 || fail "$dir: resumed run failed: $(tail -3 "$dir-final.log")"
   grep -q "resumed from" "$dir-final.log" || fail "$dir: did not resume"
   echo -n "$dir: "
-  cmp_ckpt "$dir/ckpt/ckpt-30.h5" ref/ckpt/ckpt-30.h5 --bitwise || fail "$dir differs from the uninterrupted run"
+  cmp_ckpt "$dir/ckpt/ckpt-60.h5" ref/ckpt/ckpt-60.h5 --bitwise || fail "$dir differs from the uninterrupted run"
 }
 
 mkdir -p once twice
-interrupted_run once $((RANDOM % 20 + 3))
-interrupted_run twice $((RANDOM % 10 + 3)) $((RANDOM % 10 + 16))
+interrupted_run once $((RANDOM % 40 + 3))
+interrupted_run twice $((RANDOM % 15 + 3)) $((RANDOM % 15 + 25))
