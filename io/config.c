@@ -68,6 +68,7 @@ static const key_spec keys[] = {
     {"train", "grad_clip", K_DOUBLE, OFF(train.grad_clip), 0, BIG},
     {"train", "zero", K_INT, OFF(train.zero), 0, 1},
     {"train", "bucket_mb", K_DOUBLE, OFF(train.bucket_mb), 0.001, 4096},
+    {"train", "comm_thread", K_BOOL, OFF(train.comm_thread), 0, 1},
     {"train", "max_bad_steps", K_INT, OFF(train.max_bad_steps), 1, 1 << 30},
     {"train", "step_timeout", K_DOUBLE, OFF(train.step_timeout), -1, BIG},
     {"train", "l2sp", K_DOUBLE, OFF(train.l2sp), 0, BIG},
@@ -104,6 +105,7 @@ void strata_config_defaults(strata_config *c)
     c->train.schedule = STRATA_SCHED_COSINE, c->train.decay_fraction = 0.2;
     c->train.weight_decay = 0.1, c->train.beta1 = 0.9, c->train.beta2 = 0.95;
     c->train.eps = 1e-8, c->train.grad_clip = 1.0, c->train.bucket_mb = 25;
+    c->train.comm_thread = 1;
     c->train.max_bad_steps = 5, c->train.step_timeout = -1, c->train.layer_lr_decay = 1;
     c->train.init_seed = 1337;
     snprintf(c->checkpoint.dir, sizeof c->checkpoint.dir, "ckpt");

@@ -2,13 +2,16 @@
 #include "strata/comm.h"
 
 #include <mpi.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct strata_comm {
     int rank, size, local_size;
+    int serialized; /* MPI_THREAD_SERIALIZED: a progress thread may call MPI */
     char host[MPI_MAX_PROCESSOR_NAME];
 };
 
@@ -25,8 +28,10 @@ static void check(strata_comm *c, int rc, const char *what)
 
 strata_err strata_comm_init(int *argc, char ***argv, strata_comm **out)
 {
+    /* SERIALIZED lets the gradient progress thread call MPI while the main
+     * thread computes; the two never call MPI at the same time. */
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return strata_errorf(STRATA_EFAIL, "MPI_Init_thread failed");
     if (provided < MPI_THREAD_FUNNELED)
         return strata_errorf(STRATA_EFAIL, "MPI provides no MPI_THREAD_FUNNELED support");
@@ -35,6 +40,7 @@ strata_err strata_comm_init(int *argc, char ***argv, strata_comm **out)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     strata_comm *c = calloc(1, sizeof *c);
     if (!c) return strata_errorf(STRATA_EFAIL, "out of memory");
+    c->serialized = provided >= MPI_THREAD_SERIALIZED;
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
     int len = 0;
@@ -214,6 +220,21 @@ typedef struct bucket {
     float *parts; /* W x counts[rank]: every rank's part of this rank's share */
 } bucket;
 
+/* With a progress thread, backward only records how far the gradients are
+ * final (ready_from) and the thread starts and drives the buckets, polling
+ * every PROGRESS_POLL_US while some are in flight; between steps it sleeps
+ * on the condition variable. The main thread makes no MPI call from the
+ * first ready() to the end of finish(), so MPI_THREAD_SERIALIZED holds. */
+#define PROGRESS_POLL_US 50
+
+typedef struct progress_thread {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done_cond;
+    size_t ready_from; /* grads[ready_from, n) are final; n_floats: none */
+    int finishing, done, quit;
+} progress_thread;
+
 struct strata_grad_sync {
     strata_comm *comm;
     float *grads;
@@ -225,6 +246,7 @@ struct strata_grad_sync {
     int next_reduce; /* buckets before this one have been reduced */
     MPI_Comm scatter_comm, gather_comm;
     double first_start;
+    progress_thread *progress; /* NULL: driven by MPI_Test from backward */
 };
 
 static size_t largest_pow2_below(size_t n)
@@ -234,18 +256,22 @@ static size_t largest_pow2_below(size_t n)
     return p;
 }
 
-/* parts[lo] = the tree sum of parts[lo .. hi), each n floats apart. */
-void strata_tree_sum(float *parts, size_t n, int lo, int hi)
+/* parts[lo] = the tree sum of parts[lo .. hi), each n floats apart. The
+ * progress thread adds serially: an OpenMP team of its own would compete
+ * with backward's for the cores. */
+static void tree_sum(float *parts, size_t n, int lo, int hi, int threaded)
 {
     if (hi - lo < 2) return;
     int mid = lo + (int)largest_pow2_below((size_t)(hi - lo));
-    strata_tree_sum(parts, n, lo, mid);
-    strata_tree_sum(parts, n, mid, hi);
+    tree_sum(parts, n, lo, mid, threaded);
+    tree_sum(parts, n, mid, hi, threaded);
     float *a = parts + (size_t)lo * n;
     const float *b = parts + (size_t)mid * n;
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (threaded && n > 65536)
     for (size_t i = 0; i < n; i++) a[i] += b[i];
 }
+
+void strata_tree_sum(float *parts, size_t n, int lo, int hi) { tree_sum(parts, n, lo, hi, 1); }
 
 static strata_err init_bucket(strata_grad_sync *g, bucket *b)
 {
@@ -268,8 +294,11 @@ static strata_err init_bucket(strata_grad_sync *g, bucket *b)
     return b->parts ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
 }
 
+static strata_err start_progress_thread(strata_grad_sync *g);
+
 strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float *grads,
-                                   size_t n_floats, size_t bucket_bytes, int zero)
+                                   size_t n_floats, size_t bucket_bytes, int zero,
+                                   strata_comm_progress progress)
 {
     strata_grad_sync *g = calloc(1, sizeof *g);
     if (!g) return strata_errorf(STRATA_EFAIL, "out of memory");
@@ -292,12 +321,16 @@ strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float
         b->lo = b->hi > per ? b->hi - per : 0;
         STRATA_TRY(init_bucket(g, b));
     }
+    if (progress == STRATA_PROGRESS_THREAD && c->serialized) return start_progress_thread(g);
     return strata_ok();
 }
+
+static void stop_progress_thread(strata_grad_sync *g);
 
 void strata_grad_sync_free(strata_grad_sync *g)
 {
     if (!g) return;
+    stop_progress_thread(g);
     for (int i = 0; i < g->n_buckets; i++) {
         bucket *b = &g->buckets[i];
         free(b->counts), free(b->displs), free(b->recv_counts), free(b->recv_displs);
@@ -326,7 +359,7 @@ static void reduce_bucket(strata_grad_sync *g, bucket *b)
 {
     strata_comm *c = g->comm;
     int mine = b->counts[c->rank];
-    strata_tree_sum(b->parts, (size_t)mine, 0, c->size);
+    tree_sum(b->parts, (size_t)mine, 0, c->size, !g->progress);
     memcpy(g->grads + b->lo + b->displs[c->rank], b->parts, (size_t)mine * sizeof(float));
     if (g->zero) {
         b->state = BUCKET_DONE;
@@ -364,13 +397,116 @@ static void advance_all(strata_grad_sync *g, int block)
     }
 }
 
-void strata_grad_sync_ready(strata_grad_sync *g, size_t ready_from)
+/* Starts the buckets inside grads[ready_from, n) and drives those in flight. */
+static void drive(strata_grad_sync *g, size_t ready_from)
 {
-    if (g->comm->size == 1) return;
     for (int i = 0; i < g->n_buckets; i++)
         if (g->buckets[i].state == BUCKET_IDLE && g->buckets[i].lo >= ready_from)
             start_bucket(g, &g->buckets[i]);
     advance_all(g, 0);
+}
+
+static int in_flight(const strata_grad_sync *g)
+{
+    for (int i = 0; i < g->n_buckets; i++)
+        if (g->buckets[i].state != BUCKET_IDLE && g->buckets[i].state != BUCKET_DONE) return 1;
+    return 0;
+}
+
+/* Starts what is left and waits for every bucket, then makes them idle. */
+static void complete_all(strata_grad_sync *g)
+{
+    drive(g, 0);
+    advance_all(g, 1);
+    for (int i = 0; i < g->n_buckets; i++) g->buckets[i].state = BUCKET_IDLE;
+    g->next_reduce = 0;
+}
+
+static void *progress_main(void *arg)
+{
+    strata_grad_sync *g = arg;
+    progress_thread *p = g->progress;
+    size_t seen_from = g->n_floats;
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        int busy = in_flight(g);
+        if (!p->quit && !p->finishing && p->ready_from == seen_from) {
+            if (!busy) {
+                pthread_cond_wait(&p->wake, &p->lock);
+                continue;
+            }
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_nsec += PROGRESS_POLL_US * 1000L;
+            if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+            pthread_cond_timedwait(&p->wake, &p->lock, &until);
+        }
+        if (p->quit) break;
+        int finishing = p->finishing;
+        seen_from = p->ready_from;
+        pthread_mutex_unlock(&p->lock);
+        if (finishing)
+            complete_all(g);
+        else
+            drive(g, seen_from);
+        pthread_mutex_lock(&p->lock);
+        if (finishing) {
+            p->finishing = 0, p->done = 1;
+            p->ready_from = seen_from = g->n_floats;
+            pthread_cond_signal(&p->done_cond);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static strata_err start_progress_thread(strata_grad_sync *g)
+{
+    progress_thread *p = calloc(1, sizeof *p);
+    if (!p) return strata_errorf(STRATA_EFAIL, "out of memory");
+    p->ready_from = g->n_floats;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done_cond, NULL);
+    g->progress = p;
+    if (pthread_create(&p->thread, NULL, progress_main, g)) {
+        g->progress = NULL;
+        free(p);
+        return strata_errorf(STRATA_EFAIL, "cannot start the communication progress thread");
+    }
+    return strata_ok();
+}
+
+static void stop_progress_thread(strata_grad_sync *g)
+{
+    progress_thread *p = g->progress;
+    if (!p) return;
+    pthread_mutex_lock(&p->lock);
+    p->quit = 1;
+    pthread_cond_signal(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done_cond);
+    free(p);
+    g->progress = NULL;
+}
+
+void strata_grad_sync_ready(strata_grad_sync *g, size_t ready_from)
+{
+    if (g->comm->size == 1) return;
+    progress_thread *p = g->progress;
+    if (!p) {
+        drive(g, ready_from);
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    if (ready_from < p->ready_from) {
+        p->ready_from = ready_from;
+        pthread_cond_signal(&p->wake);
+    }
+    pthread_mutex_unlock(&p->lock);
 }
 
 void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hidden_fraction)
@@ -379,11 +515,17 @@ void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hi
     *hidden_fraction = 1.0;
     if (g->comm->size == 1) return;
     double t0 = MPI_Wtime();
-    for (int i = 0; i < g->n_buckets; i++)
-        if (g->buckets[i].state == BUCKET_IDLE) start_bucket(g, &g->buckets[i]);
-    advance_all(g, 1);
-    for (int i = 0; i < g->n_buckets; i++) g->buckets[i].state = BUCKET_IDLE;
-    g->next_reduce = 0;
+    progress_thread *p = g->progress;
+    if (p) {
+        pthread_mutex_lock(&p->lock);
+        p->finishing = 1;
+        pthread_cond_signal(&p->wake);
+        while (!p->done) pthread_cond_wait(&p->done_cond, &p->lock);
+        p->done = 0;
+        pthread_mutex_unlock(&p->lock);
+    } else {
+        complete_all(g);
+    }
     double t1 = MPI_Wtime(), span = t1 - g->first_start;
     *exposed_ms = (t1 - t0) * 1e3;
     *hidden_fraction = span > 0 ? 1.0 - (t1 - t0) / span : 1.0;

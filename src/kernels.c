@@ -36,6 +36,22 @@ static inline float exp_approx(float x)
     return p * scale;
 }
 
+/* max(x[0..n)). Sixteen running maxima, one per lane: GCC does not
+ * vectorise a max reduction without -ffinite-math-only, and a scalar pass
+ * over the logits cost half of the cross-entropy. */
+static inline float row_max(const float *x, int n)
+{
+    float lane[16];
+    for (int k = 0; k < 16; k++) lane[k] = -FLT_MAX;
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int k = 0; k < 16; k++) lane[k] = x[j + k] > lane[k] ? x[j + k] : lane[k];
+    float mx = -FLT_MAX;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int k = 0; k < 16; k++) mx = lane[k] > mx ? lane[k] : mx;
+    return mx;
+}
+
 /* tanh(u) = 1 - 2 / (exp(2u) + 1), exact at both saturations. */
 static inline float tanh_approx(float u) { return 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f); }
 
@@ -236,8 +252,7 @@ void strata_attention_forward_dropout(float *out, float *att, float *scratch, co
                             q + (size_t)r0 * C3, C3, k, C3, 0.0f, P + (size_t)r0 * T, T);
                 for (int t = r0; t < r1; t++) {
                     float *p = P + (size_t)t * T;
-                    float mx = -FLT_MAX;
-                    for (int j = 0; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
+                    float mx = row_max(p, t + 1);
                     float sum = 0.0f;
                     for (int j = 0; j <= t; j++) {
                         p[j] = exp_approx(p[j] - mx);
@@ -363,8 +378,7 @@ void strata_crossentropy_forward_backward(float *logits, float *losses, const ui
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         float *x = logits + (size_t)n * Vp;
-        float mx = -FLT_MAX;
-        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        float mx = row_max(x, V);
         float target_logit = x[targets[n]];
         float sum = 0.0f;
         if (dlogits_scale == 0.0f) {

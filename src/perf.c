@@ -19,7 +19,7 @@ double strata_now_seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-double strata_sgemm_peak_gflops(int n)
+double strata_sgemm_peak_gflops(int n, double min_seconds)
 {
     float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
           *c = malloc(sizeof(float) * n * n);
@@ -28,8 +28,8 @@ double strata_sgemm_peak_gflops(int n)
         return 0;
     }
     for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = c[i] = (float)(i % 7) * 0.01f;
-    double best = 0;
-    for (int rep = 0; rep < 6; rep++) {
+    double best = 0, start = strata_now_seconds();
+    for (int rep = 0; rep < 6 || strata_now_seconds() - start < min_seconds; rep++) {
         double t0 = strata_now_seconds();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
                     n);

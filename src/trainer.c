@@ -205,8 +205,9 @@ static strata_err init_optimizer(trainer *t)
 {
     const strata_config *c = t->cfg;
     size_t bucket = (size_t)(c->train.bucket_mb * 1024 * 1024);
-    STRATA_TRY(strata_grad_sync_create(&t->sync, t->comm, strata_model_grads(t->model), t->n_floats,
-                                       bucket, c->train.zero));
+    STRATA_TRY(strata_grad_sync_create(
+        &t->sync, t->comm, strata_model_grads(t->model), t->n_floats, bucket, c->train.zero,
+        c->train.comm_thread ? STRATA_PROGRESS_THREAD : STRATA_PROGRESS_TEST));
     size_t begin, end;
     strata_grad_sync_shard(t->sync, &begin, &end);
     strata_adamw_config ac = {(float)c->train.beta1, (float)c->train.beta2, (float)c->train.eps,
@@ -811,7 +812,7 @@ static strata_err setup(trainer *t, const strata_config *cfg, strata_comm *comm)
             strata_metrics_open(&t->metrics, cfg->log.metrics, t->st.step > 0 ? t->st.step : -1));
     strata_model_shape shape = *strata_model_get_shape(t->model);
     t->flops_per_token = strata_flops_per_token(&shape, t->T);
-    t->peak_gflops = strata_sgemm_peak_gflops(512);
+    t->peak_gflops = strata_sgemm_peak_gflops(512, 0);
     t->last_save_time = strata_now_seconds();
     t->last_saved_step = t->st.step > 0 ? t->st.step : -1; /* resumed: that one exists */
     return strata_ok();

@@ -1,32 +1,41 @@
 #!/usr/bin/env bash
 # Data parallelism on one machine, the small config at the same global batch
 # (16 sequences of 256 tokens): strata 2 ranks x 1 thread against strata
-# 1 rank x 2 threads and PyTorch DDP (gloo, 2 ranks x 1 thread), in one sitting.
-# Needs a GPT-2-tokenized shard: tests/bench_ddp.sh SHARD.h5
+# 1 rank x 2 threads and PyTorch DDP (gloo, 2 ranks x 1 thread), in one sitting,
+# ROUNDS times interleaved. The 2-rank run goes twice: buckets driven by
+# MPI_Test calls between blocks (comm_thread = false) and by a progress thread
+# (comm_thread = true).
+# Needs a GPT-2-tokenized shard: tests/bench_ddp.sh SHARD.h5 [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shard=$(realpath "$1")
+rounds=${2:-1}
 strata=${STRATA:-$PWD/build/strata}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 work=$(mktemp -d)
-run() { # label np threads
+run() { # label np threads [more --set options]
   local label=$1 np=$2 threads=$3
+  shift 3
   mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS="$threads" \
     -x OPENBLAS_CORETYPE "$strata" train --config configs/small.ini --set data.new="$shard" \
     --set data.replay_ratio=0 --set data.replay= --set train.steps=6 --set train.warmup=1 \
     --set train.global_batch=16 --set train.micro_batch=8 --set log.every=1 \
     --set checkpoint.dir="$work/$label" --set checkpoint.resume=never \
-    --set log.metrics="$work/$label.jsonl" > "$work/$label.log" 2>&1
+    --set log.metrics="$work/$label.jsonl" "$@" > "$work/$label.log" 2>&1
   /usr/bin/python3 -c "
 import json, statistics
 r = [json.loads(l) for l in open('$work/$label.jsonl')][2:]
-print('%-24s %8.0f tokens/s  comm exposed %5.1f%% of the step  hidden %4.0f%%' % ('$label',
+print('%-30s %8.0f tokens/s  comm exposed %5.1f%% of the step  hidden %4.0f%%' % ('$label',
   statistics.median(x['tokens_per_s'] for x in r),
   100 * statistics.median(x['comm_ms'] / x['ms'] for x in r),
   100 * statistics.median(x.get('comm_hidden', 1) for x in r)))"
 }
-run "strata 2 ranks x 1" 2 1
-run "strata 1 rank x 2" 1 2
-/usr/bin/python3 ../shared/bench/torch_gpt2.py --config small --threads 1 --ddp 2 2>&1 | tail -1 |
-  tr ' ' '\n' | sed -n 's/^tokens_per_s=/torch DDP gloo 2x1         /p'
+for round in $(seq 1 "$rounds"); do
+  echo "round $round"
+  run "strata 2 ranks x 1, MPI_Test" 2 1 --set train.comm_thread=false
+  run "strata 2 ranks x 1, thread" 2 1 --set train.comm_thread=true
+  run "strata 1 rank x 2" 1 2
+  /usr/bin/python3 ../shared/bench/torch_gpt2.py --config small --threads 1 --ddp 2 2>&1 | tail -1 |
+    tr ' ' '\n' | sed -n 's/^tokens_per_s=/torch DDP gloo 2x1               /p'
+done
 rm -rf "$work"

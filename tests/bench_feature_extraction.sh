@@ -12,16 +12,16 @@
 # (default 5) and their ratio; the bar is <= 1.5x. A full training
 # step (every block's backward) is printed beside them for scale.
 #
-# Why the ratio is about 2x at V = 50257: the tied lm head is one
+# Why the ratio cannot reach 1.5x at V = 50257: the tied lm head is one
 # (B*T, C) x (C, Vp) product in the forward, about 65% of the forward's
 # matmul FLOPs, and its usual backward is two more of the same size
 # (dlogits @ wte for ln_f's gradient, dlogits^T @ ln_f's output for wte's):
-# (F + 2H) / F = 2.29x in FLOPs. strata_lm_head_backward (src/kernels.c)
-# gets ln_f's and wte's gradients from one product, G = dlogits^T @ xhat:
-# (F + H) / F = 1.65x in FLOPs. The bench times the head's backward both
-# ways on the same shapes and prints what the step would cost with one
-# product; a build with -DSTRATA_FE_LM_HEAD_IDENTITY=1 uses it in the
-# model (off by default, see src/model.c).
+# (F + 2H) / F = 2.29x in FLOPs. strata_lm_head_backward (src/kernels.c),
+# which the model uses for feature extraction, gets ln_f's and wte's
+# gradients from one product, G = dlogits^T @ xhat: (F + H) / F = 1.65x in
+# FLOPs, the floor for any step that trains the tied embedding. The bench
+# also times the head's backward the two-product way on the same shapes
+# and prints what the step would cost with it.
 # Uses STRATA_BENCH=feature_extraction of the test_dropout binary.
 set -euo pipefail
 

@@ -1,31 +1,56 @@
 #!/usr/bin/env bash
 # strata against the PyTorch reference of ../shared/bench, side by side in
-# one sitting: tokens/s at 1 and 2 threads on a config (default small),
-# alternating the two programs so both see the same machine.
+# one sitting: tokens/s at 1 and 2 threads on a config (default small).
+# Both programs time the same number of steps after the same warm-up (the
+# reference's defaults), take the median, and alternate which goes first
+# from round to round, so a noisy spell on this shared machine lands on
+# both. The last lines give the median ratio over the rounds.
 #   tests/bench_vs_torch.sh [config] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:-small}
-rounds=${2:-2}
+rounds=${2:-3}
 torch_script=${TORCH_BENCH:-../shared/bench/torch_gpt2.py}
 strata=${STRATA:-build/strata}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
-# The bench shapes of ../shared/bench/README.md (B = micro_batch per rank).
+# The bench shapes of ../shared/bench/README.md (B = micro_batch per rank),
+# with torch_gpt2.py's warm-up and timed steps.
 case $config in
-  tiny) shape=(--config configs/tiny.ini --set train.micro_batch=8) ;;
-  small) shape=(--config configs/small.ini --set train.micro_batch=8) ;;
-  gpt2) shape=(--config configs/gpt2-124M.ini --set train.micro_batch=1) ;;
+  tiny) shape=(--config configs/tiny.ini --set train.micro_batch=8) steps=(--warmup 5 --steps 30) ;;
+  small) shape=(--config configs/small.ini --set train.micro_batch=8) steps=(--warmup 2 --steps 10) ;;
+  gpt2) shape=(--config configs/gpt2-124M.ini --set train.micro_batch=1) steps=(--warmup 1 --steps 4) ;;
   *) echo "usage: $0 tiny|small|gpt2 [rounds]" >&2; exit 2 ;;
 esac
-printf '%-8s %-8s %12s %12s %8s %10s\n' threads round strata_tok/s torch_tok/s ratio strata_MFU
+run_strata() {
+  s=$(OMP_NUM_THREADS=$1 "$strata" bench "${shape[@]}" "${steps[@]}" 2>&1)
+  s_tps=$(echo "$s" | awk '/^throughput/ {print $2}')
+  s_mfu=$(echo "$s" | awk '/^MFU/ {print $2}')
+}
+run_torch() {
+  t=$(/usr/bin/python3 "$torch_script" --config "$config" --threads "$1" 2>&1 | tail -1)
+  t_tps=$(echo "$t" | tr ' ' '\n' | sed -n 's/^tokens_per_s=//p; s/^tok_per_s=//p; s/^tokps=//p' | head -1)
+}
+results=$(mktemp)
+printf '%-8s %-6s %-7s %12s %12s %8s %10s\n' threads round first strata_tok/s torch_tok/s ratio strata_MFU
 for threads in 1 2; do
   for round in $(seq 1 "$rounds"); do
-    s=$(OMP_NUM_THREADS=$threads "$strata" bench "${shape[@]}" --steps 5 --warmup 1 2>&1)
-    s_tps=$(echo "$s" | awk '/^throughput/ {print $2}')
-    s_mfu=$(echo "$s" | awk '/^MFU/ {print $2}')
-    t=$(/usr/bin/python3 "$torch_script" --config "$config" --threads "$threads" 2>&1 | tail -1)
-    t_tps=$(echo "$t" | tr ' ' '\n' | sed -n 's/^tokens_per_s=//p; s/^tok_per_s=//p; s/^tokps=//p' | head -1)
-    ratio=$(echo "scale=2; $s_tps / $t_tps" | bc 2>/dev/null || echo "?")
-    printf '%-8s %-8s %12s %12s %8s %10s\n' "$threads" "$round" "$s_tps" "$t_tps" "$ratio" "$s_mfu"
+    if [ $((round % 2)) -eq 1 ]; then
+      first=strata
+      run_strata "$threads"
+      run_torch "$threads"
+    else
+      first=torch
+      run_torch "$threads"
+      run_strata "$threads"
+    fi
+    ratio=$(echo "scale=3; $s_tps / $t_tps" | bc)
+    echo "$threads $ratio $s_mfu" >> "$results"
+    printf '%-8s %-6s %-7s %12s %12s %8.2f %10s\n' "$threads" "$round" "$first" "$s_tps" "$t_tps" "$ratio" "$s_mfu"
   done
 done
+for threads in 1 2; do
+  awk -v th="$threads" '$1 == th {r[n] = $2; m[n++] = $3 + 0}
+    END {asort(r); asort(m); printf "%d thread%s: median ratio %.2f (range %.2f-%.2f), median strata MFU %.1f%%, %d rounds\n",
+      th, th > 1 ? "s" : "", r[int((n + 1) / 2)], r[1], r[n], m[int((n + 1) / 2)], n}' "$results"
+done
+rm -f "$results"

@@ -22,8 +22,9 @@
 
 typedef struct strata_comm strata_comm;
 
-/* MPI_Init_thread (FUNNELED: only the main thread calls MPI). Works without
- * mpirun as a single rank. */
+/* MPI_Init_thread (SERIALIZED: the main thread, or the gradient progress
+ * thread while the main thread computes, never both). Works without mpirun
+ * as a single rank. */
 strata_err strata_comm_init(int *argc, char ***argv, strata_comm **out);
 void strata_comm_finalize(strata_comm *c);
 int strata_comm_rank(const strata_comm *c);
@@ -61,10 +62,16 @@ void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *
 
 typedef struct strata_grad_sync strata_grad_sync;
 
+/* Who drives the buckets in flight while backward runs: MPI_Test calls from
+ * backward between blocks, or a thread of their own that polls every 50 us
+ * (tests/bench_ddp.sh measures the two). */
+typedef enum { STRATA_PROGRESS_TEST, STRATA_PROGRESS_THREAD } strata_comm_progress;
+
 /* grads: the gradient buffer (n_floats). bucket_bytes: target bucket size.
  * zero: 1 for reduce-scatter (ZeRO-1), 0 for all-reduce. */
 strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float *grads,
-                                   size_t n_floats, size_t bucket_bytes, int zero);
+                                   size_t n_floats, size_t bucket_bytes, int zero,
+                                   strata_comm_progress progress);
 void strata_grad_sync_free(strata_grad_sync *g);
 /* Called from backward: grads[ready_from, n_floats) are final. Starts every
  * bucket inside that range and drives the ones in flight. */

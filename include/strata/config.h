@@ -51,6 +51,7 @@ typedef struct strata_config {
         double weight_decay, beta1, beta2, eps, grad_clip;
         int zero;
         double bucket_mb;
+        int comm_thread; /* a progress thread drives the gradient reduction */
         int max_bad_steps;
         double step_timeout; /* seconds; < 0 = automatic, 0 = off */
         double l2sp;         /* alpha of the L2-SP penalty toward the init weights */

@@ -12,8 +12,11 @@
  * backward, over the full (unmasked) T x T square. */
 double strata_flops_per_token(const strata_model_shape *s, int T);
 /* GFLOP/s of cblas_sgemm on square n x n matrices at the current OpenMP
- * thread count: the best of a few timed runs after a warm-up. */
-double strata_sgemm_peak_gflops(int n);
+ * thread count: the best run after a warm-up, repeating for at least
+ * min_seconds (and 5 runs). On a shared machine the best of a longer probe
+ * is the figure closest to what the cores can do, so MFU is not flattered
+ * by a probe that met a noisy moment. */
+double strata_sgemm_peak_gflops(int n, double min_seconds);
 /* Peak resident set size of this process, in bytes. */
 double strata_peak_rss_bytes(void);
 double strata_now_seconds(void);
