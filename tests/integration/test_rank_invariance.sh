@@ -36,11 +36,14 @@ dir = ckpt
 resume = never
 EOF2
 
-run() { # name np micro zero [mpirun args]
+# The gradient buckets are driven by a progress thread (the default) or by
+# MPI_Test calls from backward (comm_thread = false): same sums either way.
+run() { # name np micro zero [mpirun args]; progress=test picks MPI_Test
   local name=$1 np=$2 micro=$3 zero=$4
   shift 4
   "${MPIRUN[@]}" -np "$np" "$@" "$STRATA" train --config run.ini --set checkpoint.dir="$name" \
-    --set train.micro_batch="$micro" --set train.zero="$zero" > "$name.log" 2>&1 ||
+    --set train.micro_batch="$micro" --set train.zero="$zero" \
+    --set train.comm_thread="$([ "${progress:-thread}" = test ] && echo false || echo true)" > "$name.log" 2>&1 ||
     fail "$name: exit $?: $(tail -5 "$name.log")"
 }
 
@@ -54,7 +57,9 @@ run w2z 2 1 1
 run w4z 4 1 1
 run w2tcp 2 1 0 --mca btl tcp,self
 run w4ztcp 4 1 1 --mca btl tcp,self
-for other in w2 w3 w4 w2z w4z w2tcp w4ztcp; do
+progress=test run w4poll 4 1 0
+progress=test run w2zpoll 2 1 1
+for other in w2 w3 w4 w2z w4z w2tcp w4ztcp w4poll w2zpoll; do
   echo -n "$other vs w1: "
   cmp_ckpt "$other/ckpt-10.h5" w1/ckpt-10.h5 --bitwise || fail "$other differs from the 1-rank run"
 done
