@@ -48,9 +48,13 @@ for threads in 1 2; do
     printf '%-8s %-6s %-7s %12s %12s %8.2f %10s\n' "$threads" "$round" "$first" "$s_tps" "$t_tps" "$ratio" "$s_mfu"
   done
 done
-for threads in 1 2; do
-  awk -v th="$threads" '$1 == th {r[n] = $2; m[n++] = $3 + 0}
-    END {asort(r); asort(m); printf "%d thread%s: median ratio %.2f (range %.2f-%.2f), median strata MFU %.1f%%, %d rounds\n",
-      th, th > 1 ? "s" : "", r[int((n + 1) / 2)], r[1], r[n], m[int((n + 1) / 2)], n}' "$results"
-done
+/usr/bin/python3 - "$results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for th in ("1", "2"):
+    r = sorted(float(x[1]) for x in rows if x[0] == th)
+    m = [float(x[2].rstrip("%")) for x in rows if x[0] == th]
+    print(f"{th} thread{'s' if th != '1' else ''}: median ratio {statistics.median(r):.2f} "
+          f"(range {r[0]:.2f}-{r[-1]:.2f}), median strata MFU {statistics.median(m):.1f}%, {len(r)} rounds")
+PY
 rm -f "$results"

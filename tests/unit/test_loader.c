@@ -88,11 +88,18 @@ static void write_shard(const char *path, int seed, int64_t n, int vocab, const 
     assert_int_equal(rename(tmp, path), 0);
 }
 
+/* Atomically (a temporary file renamed over the old one), as a manifest
+ * should be rewritten under a following run: an in-place rewrite can be read
+ * half-done, empty even, by the loader's thread. */
 static void write_text(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
     fputs(text, f);
-    fclose(f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(rename(tmp, path), 0);
 }
 
 /* The shards of the test's streams, to check rows against sample ids. */
