@@ -165,7 +165,9 @@ int strata_cli_bench(int argc, char **argv)
 
     int total = a.warmup + a.steps;
     double *times = malloc(sizeof(double) * total), opt_s = 0;
-    strata_backward_opts bo = {.loss_scale = 1.0f / (B * T)};
+    /* As the trainer does it: the summed loss's gradient, scaled by 1/tokens
+     * inside AdamW rather than by a pass over the (B*T, Vp) logits. */
+    strata_backward_opts bo = {.loss_scale = 1.0f};
     for (int s = 0; s < total; s++) {
         if (s == a.warmup) strata_model_reset_timing(m), opt_s = 0;
         double t0 = strata_now_seconds();
@@ -173,8 +175,8 @@ int strata_cli_bench(int argc, char **argv)
         strata_model_forward(m, tok, tok + 1, B, T, NULL);
         strata_model_backward(m, &bo);
         double t1 = strata_now_seconds();
-        strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f, 1e-4f, &all,
-                          1);
+        strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f / (B * T),
+                          1e-4f, &all, 1);
         double t2 = strata_now_seconds();
         opt_s += t2 - t1;
         times[s] = t2 - t0;
