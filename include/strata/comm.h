@@ -11,7 +11,10 @@
  * finished it. With ZeRO-1 the reduction is a reduce-scatter: rank r keeps
  * the summed gradients of its shard [shard_begin, shard_end) only, updates
  * that part of the parameters, and an all-gather brings every rank the
- * whole updated buffer.
+ * whole updated buffer. By default a progress thread starts and drives the
+ * buckets while the main thread computes; the main thread makes no MPI call
+ * from the first strata_grad_sync_ready of a step to the end of its
+ * strata_grad_sync_finish (the watchdog's emergency MPI_Abort excepted).
  */
 #ifndef STRATA_COMM_H
 #define STRATA_COMM_H
