@@ -19,25 +19,54 @@ double strata_now_seconds(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+struct strata_sgemm_probe {
+    int n_max;
+    float *a, *b, *c;
+};
+
+strata_sgemm_probe *strata_sgemm_probe_new(int n_max)
+{
+    size_t n2 = (size_t)n_max * n_max;
+    strata_sgemm_probe *p = malloc(sizeof *p);
+    if (!p) return NULL;
+    *p = (strata_sgemm_probe){n_max, malloc(sizeof(float) * n2), malloc(sizeof(float) * n2),
+                              malloc(sizeof(float) * n2)};
+    if (!p->a || !p->b || !p->c) {
+        strata_sgemm_probe_free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < n2; i++) p->a[i] = p->b[i] = p->c[i] = (float)(i % 7) * 0.01f;
+    return p;
+}
+
+void strata_sgemm_probe_free(strata_sgemm_probe *p)
+{
+    if (!p) return;
+    free(p->a), free(p->b), free(p->c);
+    free(p);
+}
+
+double strata_sgemm_probe_gflops(strata_sgemm_probe *p, int n, int runs, double min_seconds)
+{
+    double best = 0, start = strata_now_seconds();
+    if (n > p->n_max) n = p->n_max;
+    for (int rep = 0; rep < runs || strata_now_seconds() - start < min_seconds; rep++) {
+        double t0 = strata_now_seconds();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, p->a, n, p->b, n,
+                    0.0f, p->c, n);
+        double g = 2.0 * n * n * (double)n / (strata_now_seconds() - t0) * 1e-9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
 double strata_sgemm_peak_gflops(int n, double min_seconds)
 {
-    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
-          *c = malloc(sizeof(float) * n * n);
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        return 0;
-    }
-    for (long i = 0; i < (long)n * n; i++) a[i] = b[i] = c[i] = (float)(i % 7) * 0.01f;
-    double best = 0, start = strata_now_seconds();
-    for (int rep = 0; rep < 6 || strata_now_seconds() - start < min_seconds; rep++) {
-        double t0 = strata_now_seconds();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
-                    n);
-        double dt = strata_now_seconds() - t0;
-        double g = 2.0 * n * n * (double)n / dt * 1e-9;
-        if (rep > 0 && g > best) best = g;
-    }
-    free(a), free(b), free(c);
+    strata_sgemm_probe *p = strata_sgemm_probe_new(n);
+    if (!p) return 0;
+    strata_sgemm_probe_gflops(p, n, 1, 0); /* warm-up */
+    double best = strata_sgemm_probe_gflops(p, n, 5, min_seconds);
+    strata_sgemm_probe_free(p);
     return best;
 }
 

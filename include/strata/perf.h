@@ -11,11 +11,18 @@
  * once, wpe included), 12LTC for attention's QK^T and AV, forward and
  * backward, over the full (unmasked) T x T square. */
 double strata_flops_per_token(const strata_model_shape *s, int T);
-/* GFLOP/s of cblas_sgemm on square n x n matrices at the current OpenMP
- * thread count: the best run after a warm-up, repeating for at least
- * min_seconds (and 5 runs). On a shared machine the best of a longer probe
- * is the figure closest to what the cores can do, so MFU is not flattered
- * by a probe that met a noisy moment. */
+/* A cblas_sgemm probe on square matrices up to n_max, allocated and touched
+ * once, so that it can run between training steps: on a shared machine whose
+ * speed drifts from minute to minute, a peak measured right after each step
+ * is the fair denominator for that step's MFU. */
+typedef struct strata_sgemm_probe strata_sgemm_probe;
+strata_sgemm_probe *strata_sgemm_probe_new(int n_max); /* NULL when out of memory */
+void strata_sgemm_probe_free(strata_sgemm_probe *p);
+/* GFLOP/s of the fastest of `runs` n x n x n products (n <= n_max) at the
+ * current OpenMP thread count, repeating until min_seconds have passed. */
+double strata_sgemm_probe_gflops(strata_sgemm_probe *p, int n, int runs, double min_seconds);
+/* One-off probe: the best run after a warm-up, at least 5 runs and
+ * min_seconds. 0 when out of memory. */
 double strata_sgemm_peak_gflops(int n, double min_seconds);
 /* Peak resident set size of this process, in bytes. */
 double strata_peak_rss_bytes(void);
