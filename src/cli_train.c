@@ -46,8 +46,9 @@ static strata_err parse_args(const char *cmd, int argc, char **argv, run_args *a
                                  "[--set section.key=value]...%s)",
                                  arg, cmd, !strcmp(cmd, "eval") ? " --checkpoint CKPT" : "");
     }
-    if (!a->config && strcmp(cmd, "bench"))
-        return strata_errorf(STRATA_EINPUT, "missing --config FILE.ini");
+    if (!a->config && (strcmp(cmd, "bench") || a->n_sets))
+        return strata_errorf(STRATA_EINPUT, "missing --config FILE.ini%s",
+                             a->n_sets ? " (--set overrides a config's keys)" : "");
     if (!strcmp(cmd, "eval") && !a->checkpoint)
         return strata_errorf(STRATA_EINPUT, "missing --checkpoint CKPT");
     return strata_ok();
