@@ -1,6 +1,6 @@
 /* test_dropout.c — dropout in strata's GPT-2: gradients, masks, p = 0.
  *
- * The reference is a naive double-precision GPT-2 written from the math
+ * The reference is the naive double-precision GPT-2 of gpt2_reference.h
  * (plain loops, one sequence at a time), with dropout at GPT-2's four sites:
  * the embedding sum, the attention probabilities (after the softmax, before
  * AV) and the outputs of attn.c_proj and mlp.c_proj before the residual add.
@@ -32,6 +32,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "gpt2_reference.h"
+
 #include "strata/kernels.h"
 #include "strata/model.h"
 #include "strata/optim.h"
@@ -51,212 +53,8 @@ enum { TL = 2, TC = 32, TNH = 4, TT = 8, TV = 67, TB = 3 };
 #define N_RANDOM_ENTRIES 12
 
 /* ---------------------------------------------------------------------------
- * The reference model with dropout masks: double precision, plain loops.
- */
-
-enum {
-    R_LN1_W,
-    R_LN1_B,
-    R_QKV_W,
-    R_QKV_B,
-    R_PROJ_W,
-    R_PROJ_B,
-    R_LN2_W,
-    R_LN2_B,
-    R_FC_W,
-    R_FC_B,
-    R_FCPROJ_W,
-    R_FCPROJ_B,
-    R_NBLOCK
-};
-static const char *ref_block_names[R_NBLOCK] = {
-    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
-    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
-    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
-};
-
-#define REF_MAX_L 4
-typedef struct ref_net {
-    int L, C, NH, V;
-    size_t wte, wpe, lnf_w, lnf_b;
-    size_t blk[REF_MAX_L][R_NBLOCK];
-} ref_net;
-
-/* The factors strata multiplied each element by, per site (NULL: none). */
-typedef struct ref_masks {
-    double *emb;                /* (B, T, C) */
-    double *att[REF_MAX_L];     /* (B, NH, T, T) */
-    double *attproj[REF_MAX_L]; /* (B, T, C) */
-    double *mlpproj[REF_MAX_L]; /* (B, T, C) */
-} ref_masks;
-
-static ref_net ref_from_model(const strata_model *m)
-{
-    const strata_model_shape *s = strata_model_get_shape(m);
-    ref_net r = {.L = s->n_layer, .C = s->n_embd, .NH = s->n_head, .V = s->vocab_size};
-    assert_true(r.L <= REF_MAX_L);
-    r.wte = strata_model_find(m, "wte.weight")->offset;
-    r.wpe = strata_model_find(m, "wpe.weight")->offset;
-    r.lnf_w = strata_model_find(m, "ln_f.weight")->offset;
-    r.lnf_b = strata_model_find(m, "ln_f.bias")->offset;
-    for (int l = 0; l < r.L; l++)
-        for (int i = 0; i < R_NBLOCK; i++) {
-            char name[64];
-            snprintf(name, sizeof name, "h.%d.%s", l, ref_block_names[i]);
-            const strata_tensor *t = strata_model_find(m, name);
-            assert_non_null(t);
-            r.blk[l][i] = t->offset;
-        }
-    return r;
-}
-
-static void ref_layernorm(double *y, const double *x, const double *w, const double *b, int C)
-{
-    double mean = 0, var = 0;
-    for (int c = 0; c < C; c++) mean += x[c];
-    mean /= C;
-    for (int c = 0; c < C; c++) var += (x[c] - mean) * (x[c] - mean);
-    var /= C;
-    double rstd = 1.0 / sqrt(var + 1e-5);
-    for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * rstd * w[c] + b[c];
-}
-
-static void ref_linear(double *y, const double *x, const double *W, const double *bias, int in,
-                       int out)
-{
-    for (int o = 0; o < out; o++) {
-        double s = bias[o];
-        for (int i = 0; i < in; i++) s += W[(size_t)o * in + i] * x[i];
-        y[o] = s;
-    }
-}
-
-static double ref_gelu(double x)
-{
-    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-}
-
-/* Causal attention of one sequence, qkv (T, 3C), out (T, C); the AV product
- * uses the probabilities times mask (NH, T, T) when not NULL. With probs
- * non-NULL the undropped probabilities are stored there. */
-static void ref_attention(double *out, double *probs, const double *qkv, const double *mask, int T,
-                          int C, int NH)
-{
-    int hs = C / NH;
-    double scale = 1.0 / sqrt((double)hs);
-    double *p = malloc((size_t)T * sizeof *p);
-    for (int h = 0; h < NH; h++)
-        for (int t = 0; t < T; t++) {
-            const double *q = qkv + (size_t)t * 3 * C + h * hs;
-            double mx = -INFINITY;
-            for (int j = 0; j <= t; j++) {
-                const double *k = qkv + (size_t)j * 3 * C + C + h * hs;
-                double s = 0;
-                for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                p[j] = s * scale;
-                if (p[j] > mx) mx = p[j];
-            }
-            double sum = 0;
-            for (int j = 0; j <= t; j++) sum += p[j] = exp(p[j] - mx);
-            for (int j = 0; j <= t; j++) p[j] /= sum;
-            if (probs)
-                for (int j = 0; j < T; j++) probs[((size_t)h * T + t) * T + j] = j <= t ? p[j] : 0;
-            const double *mrow = mask ? mask + ((size_t)h * T + t) * T : NULL;
-            for (int i = 0; i < hs; i++) {
-                double o = 0;
-                for (int j = 0; j <= t; j++)
-                    o +=
-                        p[j] * (mrow ? mrow[j] : 1.0) * qkv[(size_t)j * 3 * C + 2 * C + h * hs + i];
-                out[(size_t)t * C + h * hs + i] = o;
-            }
-        }
-    free(p);
-}
-
-static const double *at(const double *mask, size_t offset) { return mask ? mask + offset : NULL; }
-
-/* Mean cross-entropy over B*T positions with the masks mk (NULL: no dropout). */
-static double ref_loss(const ref_net *r, const double *p, const ref_masks *mk, const uint32_t *inp,
-                       const uint32_t *tgt, int B, int T)
-{
-    int C = r->C, V = r->V, NH = r->NH;
-    double *x = malloc((size_t)T * C * sizeof *x), *ln = malloc((size_t)T * C * sizeof *ln);
-    double *qkv = malloc((size_t)T * 3 * C * sizeof *qkv), *y = malloc((size_t)T * C * sizeof *y);
-    double *hid = malloc((size_t)T * 4 * C * sizeof *hid), *tmp = malloc((size_t)C * sizeof *tmp);
-    double *logits = malloc((size_t)V * sizeof *logits);
-    double total = 0;
-    for (int b = 0; b < B; b++) {
-        size_t tc = (size_t)b * T * C;
-        for (int t = 0; t < T; t++)
-            for (int c = 0; c < C; c++) {
-                double e =
-                    p[r->wte + (size_t)inp[b * T + t] * C + c] + p[r->wpe + (size_t)t * C + c];
-                x[t * C + c] = mk && mk->emb ? e * mk->emb[tc + (size_t)t * C + c] : e;
-            }
-        for (int l = 0; l < r->L; l++) {
-            const size_t *o = r->blk[l];
-            const double *m_att = mk ? at(mk->att[l], (size_t)b * NH * T * T) : NULL;
-            const double *m_ap = mk ? at(mk->attproj[l], tc) : NULL;
-            const double *m_mp = mk ? at(mk->mlpproj[l], tc) : NULL;
-            for (int t = 0; t < T; t++) {
-                ref_layernorm(ln + t * C, x + t * C, p + o[R_LN1_W], p + o[R_LN1_B], C);
-                ref_linear(qkv + (size_t)t * 3 * C, ln + t * C, p + o[R_QKV_W], p + o[R_QKV_B], C,
-                           3 * C);
-            }
-            ref_attention(y, NULL, qkv, m_att, T, C, NH);
-            for (int t = 0; t < T; t++) {
-                ref_linear(tmp, y + t * C, p + o[R_PROJ_W], p + o[R_PROJ_B], C, C);
-                for (int c = 0; c < C; c++) x[t * C + c] += tmp[c] * (m_ap ? m_ap[t * C + c] : 1.0);
-            }
-            for (int t = 0; t < T; t++) {
-                ref_layernorm(ln + t * C, x + t * C, p + o[R_LN2_W], p + o[R_LN2_B], C);
-                double *h = hid + (size_t)t * 4 * C;
-                ref_linear(h, ln + t * C, p + o[R_FC_W], p + o[R_FC_B], C, 4 * C);
-                for (int i = 0; i < 4 * C; i++) h[i] = ref_gelu(h[i]);
-                ref_linear(tmp, h, p + o[R_FCPROJ_W], p + o[R_FCPROJ_B], 4 * C, C);
-                for (int c = 0; c < C; c++) x[t * C + c] += tmp[c] * (m_mp ? m_mp[t * C + c] : 1.0);
-            }
-        }
-        for (int t = 0; t < T; t++) {
-            ref_layernorm(ln, x + t * C, p + r->lnf_w, p + r->lnf_b, C);
-            double mx = -INFINITY;
-            for (int v = 0; v < V; v++) {
-                double s = 0;
-                for (int c = 0; c < C; c++) s += p[r->wte + (size_t)v * C + c] * ln[c];
-                logits[v] = s;
-                if (s > mx) mx = s;
-            }
-            double sum = 0;
-            for (int v = 0; v < V; v++) sum += exp(logits[v] - mx);
-            total += log(sum) + mx - logits[tgt[b * T + t]];
-        }
-    }
-    free(x), free(ln), free(qkv), free(y), free(hid), free(tmp), free(logits);
-    return total / ((double)B * T);
-}
-
-/* ---------------------------------------------------------------------------
  * Fixtures.
  */
-
-static void randomise_params(strata_model *m, uint64_t seed)
-{
-    float *p = strata_model_params(m);
-    for (int i = 0; i < strata_model_n_tensors(m); i++) {
-        const strata_tensor *t = strata_model_tensor(m, i);
-        int ln_weight = strstr(t->name, "ln_") && strstr(t->name, ".weight");
-        float std = t->ndim == 1 ? 0.1f : t->layer < 0 ? 0.3f : 1.0f / sqrtf((float)t->shape[1]);
-        for (size_t k = 0; k < t->numel; k++)
-            p[t->offset + k] = (ln_weight ? 1.0f : 0.0f) +
-                               std * strata_rng_normal(strata_rng_u64(seed, 1, (uint64_t)i, k));
-    }
-}
-
-static void random_tokens(uint32_t *tok, int n, int V, uint64_t seed)
-{
-    for (int i = 0; i < n; i++)
-        tok[i] = (uint32_t)strata_rng_below(strata_rng_u64(seed, 2, (uint64_t)i, 0), (uint64_t)V);
-}
 
 static strata_model *tiny_model(int B, int T, uint64_t seed)
 {
@@ -354,19 +152,6 @@ static void free_masks(ref_masks *mk)
         free(mk->att[l]), free(mk->attproj[l]), free(mk->mlpproj[l]);
 }
 
-static double rel_err(double a, double b, double den_floor)
-{
-    return fabs(a - b) / fmax(fmax(fabs(a), fabs(b)), den_floor);
-}
-
-static size_t pick_entry(const strata_tensor *t, int j, uint64_t seed)
-{
-    if (j == 0) return 0;
-    if (j == 1) return t->numel - 1;
-    return (size_t)strata_rng_below(strata_rng_u64(seed, 3, (uint64_t)t->offset, (uint64_t)j),
-                                    t->numel);
-}
-
 /* All masks of the last forward, concatenated, as 0/scale floats. */
 static float *all_masks(const strata_model *m, size_t *n_out)
 {
@@ -414,11 +199,9 @@ static void gradient_with_dropout_matches_double_finite_differences(void **state
     for (size_t i = 0; i < emb_n; i++) emb_dropped += mk.emb[i] == 0.0;
     assert_true(emb_dropped > 0);
 
-    double *pd = malloc(n * sizeof *pd);
-    const float *p = strata_model_params(s->m);
-    for (size_t i = 0; i < n; i++) pd[i] = p[i];
-    double ref = ref_loss(&s->ref, pd, &mk, s->inp, s->tgt, s->B, s->T);
-    double plain = ref_loss(&s->ref, pd, NULL, s->inp, s->tgt, s->B, s->T);
+    double *pd = params_as_double(s->m);
+    double ref = ref_loss(&s->ref, pd, NULL, &mk, s->inp, s->tgt, s->B, s->T, NULL);
+    double plain = ref_loss(&s->ref, pd, NULL, NULL, s->inp, s->tgt, s->B, s->T, NULL);
     double rel = fabs(loss - ref) / ref;
     print_message("loss with dropout %.2f: strata %.7f, reference %.10f (without dropout %.6f), "
                   "relative error %.2e\n",
@@ -435,13 +218,8 @@ static void gradient_with_dropout_matches_double_finite_differences(void **state
         double den_floor = fmax(GRAD_FLOOR_REL * gmax, 1e-30);
         for (int j = 0; j < 2 + N_RANDOM_ENTRIES; j++) {
             size_t idx = t->offset + pick_entry(t, j, 0xd0);
-            double x0 = pd[idx];
-            pd[idx] = x0 + FD_STEP;
-            double lp = ref_loss(&s->ref, pd, &mk, s->inp, s->tgt, s->B, s->T);
-            pd[idx] = x0 - FD_STEP;
-            double lm = ref_loss(&s->ref, pd, &mk, s->inp, s->tgt, s->B, s->T);
-            pd[idx] = x0;
-            double fd = (lp - lm) / (2 * FD_STEP);
+            double fd =
+                ref_loss_fd(&s->ref, pd, NULL, &mk, s->inp, s->tgt, s->B, s->T, pd + idx, FD_STEP);
             double e = rel_err(g[idx], fd, den_floor);
             if (e >= GRAD_RTOL)
                 print_message("  %s[%zu]: analytic %.9e, finite difference %.9e\n", t->name,
@@ -465,23 +243,11 @@ static void attention_dropout_matches_reference_across_row_blocks(void **state)
 {
     (void)state;
     enum { B = 2, T = 100, C = 48, NH = 3 };
-    int hs = C / NH;
     float p = 0.3f, scale = 1.0f / (1.0f - p);
-    size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
+    attention_case a = attention_case_make(B, T, C, NH, 12);
     long row_len = (long)NH * T * T, wpr = (row_len + 63) / 64;
-    float *qkv = malloc(nqkv * sizeof *qkv), *out = malloc(nout * sizeof *out);
-    float *att = malloc(natt * sizeof *att), *datt = malloc(natt * sizeof *datt);
-    float *dout = malloc(nout * sizeof *dout), *dqkv = malloc(nqkv * sizeof *dqkv);
     uint64_t *words = malloc((size_t)B * wpr * sizeof *words), keys[B] = {0xabc, 0xdef};
-    double *qd = malloc(nqkv * sizeof *qd), *outd = malloc(nout * sizeof *outd);
-    double *pd = malloc(natt * sizeof *pd), *dqd = calloc(nqkv, sizeof *dqd);
-    double *md = malloc(natt * sizeof *md);
-    for (size_t i = 0; i < nqkv; i++)
-        qkv[i] = 1.2f * strata_rng_normal(strata_rng_u64(12, 0, i, 0)), qd[i] = qkv[i];
-    for (size_t i = 0; i < nout; i++) dout[i] = strata_rng_normal(strata_rng_u64(12, 1, i, 0));
-    for (size_t i = 0; i < nout; i++) out[i] = NAN;
-    for (size_t i = 0; i < natt; i++) att[i] = datt[i] = NAN;
-    for (size_t i = 0; i < nqkv; i++) dqkv[i] = NAN;
+    double *md = malloc(a.natt * sizeof *md);
     strata_dropout_generate(words, wpr, keys, B, row_len, (uint32_t)lrint(p * 65536));
     strata_dropout d = {words, wpr, scale};
     for (int b = 0; b < B; b++)
@@ -489,63 +255,18 @@ static void attention_dropout_matches_reference_across_row_blocks(void **state)
             md[(size_t)b * row_len + i] =
                 (double)((words[b * wpr + i / 64] >> (i % 64)) & 1) * scale;
 
-    strata_attention_forward_dropout(out, att, datt, qkv, B, T, C, NH, &d);
-    for (size_t i = 0; i < natt; i++) datt[i] = NAN; /* the backward must not rely on it */
-    strata_attention_backward_dropout(dqkv, datt, dout, qkv, att, B, T, C, NH, &d);
-
-    double sc = 1.0 / sqrt((double)hs);
-    for (int b = 0; b < B; b++) {
-        const double *q = qd + (size_t)b * T * 3 * C;
-        const double *mb = md + (size_t)b * row_len;
-        ref_attention(outd + (size_t)b * T * C, pd + (size_t)b * NH * T * T, q, mb, T, C, NH);
-        /* With Pd = P * mask: dPd[t,j] = dO[t].v[j], dv[j] += Pd[t,j] dO[t],
-         * dP = dPd * mask, dS = P (dP - sum_k P dP), dq, dk as usual. */
-        double *dq = dqd + (size_t)b * T * 3 * C, *dP = malloc((size_t)T * sizeof *dP);
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const double *P = pd + (((size_t)b * NH + h) * T + t) * T;
-                const double *M = mb + ((size_t)h * T + t) * T;
-                const float *dO = dout + ((size_t)b * T + t) * C + h * hs;
-                double dot = 0;
-                for (int j = 0; j <= t; j++) {
-                    double s = 0;
-                    for (int i = 0; i < hs; i++)
-                        s += dO[i] * q[(size_t)j * 3 * C + 2 * C + h * hs + i];
-                    dP[j] = s * M[j];
-                    dot += P[j] * dP[j];
-                    for (int i = 0; i < hs; i++)
-                        dq[(size_t)j * 3 * C + 2 * C + h * hs + i] += P[j] * M[j] * dO[i];
-                }
-                for (int j = 0; j <= t; j++) {
-                    double dS = P[j] * (dP[j] - dot) * sc;
-                    for (int i = 0; i < hs; i++) {
-                        dq[(size_t)t * 3 * C + h * hs + i] +=
-                            dS * q[(size_t)j * 3 * C + C + h * hs + i];
-                        dq[(size_t)j * 3 * C + C + h * hs + i] +=
-                            dS * q[(size_t)t * 3 * C + h * hs + i];
-                    }
-                }
-            }
-        free(dP);
-    }
-    double max_out = 0, err_out = 0, err_att = 0, max_dq = 0, err_dq = 0;
-    for (size_t i = 0; i < nout; i++) {
-        max_out = fmax(max_out, fabs(outd[i]));
-        err_out = fmax(err_out, fabs(out[i] - outd[i]));
-    }
-    for (size_t i = 0; i < natt; i++) err_att = fmax(err_att, fabs(att[i] - pd[i]));
-    for (size_t i = 0; i < nqkv; i++) {
-        max_dq = fmax(max_dq, fabs(dqd[i]));
-        err_dq = fmax(err_dq, fabs(dqkv[i] - dqd[i]));
-    }
+    strata_attention_forward_dropout(a.out, a.att, a.datt, a.qkv, B, T, C, NH, &d);
+    for (size_t i = 0; i < a.natt; i++) a.datt[i] = NAN; /* the backward must not rely on it */
+    strata_attention_backward_dropout(a.dqkv, a.datt, a.dout, a.qkv, a.att, B, T, C, NH, &d);
+    attention_errors e = attention_case_compare(&a, md);
     print_message("attention with dropout %.1f, T=%d: out %.2e, undropped probabilities %.2e, "
                   "dqkv %.2e (max-abs-normalised)\n",
-                  p, T, err_out / max_out, err_att, err_dq / max_dq);
-    assert_true(err_out / max_out < 1e-5);
-    assert_true(err_att < 1e-5); /* att keeps the undropped probabilities */
-    assert_true(err_dq / max_dq < 1e-5);
-    free(qkv), free(out), free(att), free(datt), free(dout), free(dqkv), free(words);
-    free(qd), free(outd), free(pd), free(dqd), free(md);
+                  p, T, e.out, e.att, e.dqkv);
+    assert_true(e.out < 1e-5);
+    assert_true(e.att < 1e-5); /* att keeps the undropped probabilities */
+    assert_true(e.dqkv < 1e-5);
+    attention_case_free(&a);
+    free(words), free(md);
 }
 
 /* Backward options with dropout: what a block computes does not depend on
