@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,8 +73,17 @@ static const char *h5_detail(h5_walk *w)
     return w->text;
 }
 
-static strata_err h5_fail(int code, const char *path, const char *what)
+/* "path: what (HDF5's reason)", what formatted like printf. */
+static strata_err h5_fail(int code, const char *path, const char *what_fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static strata_err h5_fail(int code, const char *path, const char *what_fmt, ...)
 {
+    char what[128];
+    va_list ap;
+    va_start(ap, what_fmt);
+    vsnprintf(what, sizeof what, what_fmt, ap);
+    va_end(ap);
     h5_walk w;
     return strata_errorf(code, "%s: %s (%s)", path, what, h5_detail(&w));
 }
@@ -143,12 +153,8 @@ static strata_err attr_write(hid_t loc, const char *path, const char *name, hid_
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t attr = space < 0 ? -1 : H5Acreate2(loc, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
     herr_t rc = attr < 0 ? -1 : H5Awrite(attr, mem_type, value);
-    strata_err e = strata_ok();
-    if (rc < 0) {
-        char what[96];
-        snprintf(what, sizeof what, "cannot write attribute %s", name);
-        e = h5_fail(STRATA_EFAIL, path, what);
-    }
+    strata_err e =
+        rc < 0 ? h5_fail(STRATA_EFAIL, path, "cannot write attribute %s", name) : strata_ok();
     close_id(attr, H5Aclose);
     close_id(space, H5Sclose);
     return e;
@@ -273,12 +279,8 @@ static strata_err write_tensor(hid_t group, const char *path, const char *group_
         rc = dset < 0 ? -1 : H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
 #endif
     }
-    strata_err e = strata_ok();
-    if (rc < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "cannot write %s/%s", group_name, t->name);
-        e = h5_fail(STRATA_EFAIL, path, what);
-    }
+    strata_err e = rc < 0 ? h5_fail(STRATA_EFAIL, path, "cannot write %s/%s", group_name, t->name)
+                          : strata_ok();
     close_id(dset, H5Dclose);
     close_id(dcpl, H5Pclose);
     close_id(space, H5Sclose);
@@ -369,11 +371,8 @@ static strata_err write_contents(hid_t file, const char *path, const strata_mode
     if (!st) st = &none;
     const strata_model_shape *s = strata_model_get_shape(m);
     STRATA_TRY(attr_write_str(file, path, "format", STRATA_CKPT_FORMAT));
-    STRATA_TRY(attr_write_i64(file, path, "n_layer", s->n_layer));
-    STRATA_TRY(attr_write_i64(file, path, "n_head", s->n_head));
-    STRATA_TRY(attr_write_i64(file, path, "n_embd", s->n_embd));
-    STRATA_TRY(attr_write_i64(file, path, "block_size", s->block_size));
-    STRATA_TRY(attr_write_i64(file, path, "vocab_size", s->vocab_size));
+    const int shape[5] = {s->n_layer, s->n_head, s->n_embd, s->block_size, s->vocab_size};
+    for (int i = 0; i < 5; i++) STRATA_TRY(attr_write_i64(file, path, shape_attrs[i], shape[i]));
     STRATA_TRY(attr_write_i64(file, path, "step", st->step));
     STRATA_TRY(attr_write_i64(file, path, "tokens_seen", st->tokens_seen));
     STRATA_TRY(attr_write(file, path, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &st->seed));
@@ -384,7 +383,6 @@ static strata_err write_contents(hid_t file, const char *path, const strata_mode
     STRATA_TRY(attr_write_str(file, path, "config", st->config));
     STRATA_TRY(attr_write_str(file, path, "data_fingerprint", st->data_fingerprint));
     STRATA_TRY(attr_write_str(file, path, "extra_json", st->extra_json));
-    const int shape[5] = {s->n_layer, s->n_head, s->n_embd, s->block_size, s->vocab_size};
     uint64_t h = attrs_hash(shape, st);
     STRATA_TRY(attr_write(file, path, "attrs_fnv1a64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &h));
 
@@ -517,11 +515,8 @@ static strata_err attr_read_int(hid_t file, const char *path, const char *name, 
     hid_t attr = -1, type = -1;
     STRATA_TRY(attr_open(file, path, name, H5T_INTEGER, &attr, &type));
     strata_err e = strata_ok();
-    if (H5Aread(attr, mem_type, out) < 0) {
-        char what[96];
-        snprintf(what, sizeof what, "cannot read attribute '%s'", name);
-        e = h5_fail(STRATA_EINPUT, path, what);
-    }
+    if (H5Aread(attr, mem_type, out) < 0)
+        e = h5_fail(STRATA_EINPUT, path, "cannot read attribute '%s'", name);
     H5Tclose(type);
     H5Aclose(attr);
     return e;
@@ -641,27 +636,17 @@ static strata_err check_dataset(hid_t file, const char *path, const char *name,
                                 const strata_tensor *t, int *mismatch)
 {
     htri_t exists = H5Lexists(file, name, H5P_DEFAULT);
-    if (exists < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "cannot look up %s", name);
-        return h5_fail(STRATA_EINPUT, path, what);
-    }
+    if (exists < 0) return h5_fail(STRATA_EINPUT, path, "cannot look up %s", name);
     if (!exists) return strata_errorf(STRATA_EINPUT, "%s: dataset %s is missing", path, name);
     hid_t dset = H5Dopen2(file, name, H5P_DEFAULT);
-    if (dset < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "cannot open %s", name);
-        return h5_fail(STRATA_EINPUT, path, what);
-    }
+    if (dset < 0) return h5_fail(STRATA_EINPUT, path, "cannot open %s", name);
     hid_t type = H5Dget_type(dset), space = H5Dget_space(dset), dcpl = H5Dget_create_plist(dset);
     strata_err e = strata_ok();
     hsize_t dims[H5S_MAX_RANK] = {0};
     int ndim = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
     if (type < 0 || space < 0 || dcpl < 0 || ndim < 0 || ndim > H5S_MAX_RANK ||
         H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "cannot read the description of %s", name);
-        e = h5_fail(STRATA_EINPUT, path, what);
+        e = h5_fail(STRATA_EINPUT, path, "cannot read the description of %s", name);
     } else if (H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 4) {
         e = strata_errorf(STRATA_EINPUT, "%s: %s is not float32", path, name);
     } else if (ndim != t->ndim || dims[0] != (hsize_t)t->shape[0] ||
@@ -699,12 +684,7 @@ static strata_err read_dataset(hid_t file, const char *path, const char *name, f
     hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
     herr_t rc = dset < 0 || dxpl < 0 ? -1 : H5Pset_edc_check(dxpl, H5Z_ENABLE_EDC);
     if (rc >= 0) rc = H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, dxpl, dst);
-    strata_err e = strata_ok();
-    if (rc < 0) {
-        char what[128];
-        snprintf(what, sizeof what, "cannot read %s", name);
-        e = h5_fail(STRATA_EINPUT, path, what);
-    }
+    strata_err e = rc < 0 ? h5_fail(STRATA_EINPUT, path, "cannot read %s", name) : strata_ok();
     close_id(dxpl, H5Pclose);
     close_id(dset, H5Dclose);
     return e;

@@ -103,49 +103,41 @@ static const char *hdf5_reason(char buf[256])
     return buf;
 }
 
+/* How a message names an HDF5 type: "uint16", "float64", "a string". */
 static void type_name(hid_t t, char *buf, size_t n)
 {
+    static const char *const class_names[H5T_NCLASSES] = {
+        [H5T_STRING] = "a string",       [H5T_COMPOUND] = "a compound type",
+        [H5T_ARRAY] = "an array type",   [H5T_ENUM] = "an enum",
+        [H5T_BITFIELD] = "a bitfield",   [H5T_OPAQUE] = "opaque",
+        [H5T_REFERENCE] = "a reference", [H5T_VLEN] = "a variable-length sequence",
+    };
+    H5T_class_t cls = H5Tget_class(t);
     size_t size = H5Tget_size(t);
-    switch (H5Tget_class(t)) {
-    case H5T_INTEGER:
+    if (cls == H5T_INTEGER)
         snprintf(buf, n, "%sint%zu", H5Tget_sign(t) == H5T_SGN_NONE ? "u" : "", 8 * size);
-        break;
-    case H5T_FLOAT:
+    else if (cls == H5T_FLOAT)
         snprintf(buf, n, "float%zu", 8 * size);
-        break;
-    case H5T_STRING:
-        snprintf(buf, n, "a string");
-        break;
-    case H5T_COMPOUND:
-        snprintf(buf, n, "a compound type");
-        break;
-    case H5T_ARRAY:
-        snprintf(buf, n, "an array type");
-        break;
-    case H5T_ENUM:
-        snprintf(buf, n, "an enum");
-        break;
-    case H5T_BITFIELD:
-        snprintf(buf, n, "a bitfield");
-        break;
-    case H5T_OPAQUE:
-        snprintf(buf, n, "opaque");
-        break;
-    case H5T_REFERENCE:
-        snprintf(buf, n, "a reference");
-        break;
-    case H5T_VLEN:
-        snprintf(buf, n, "a variable-length sequence");
-        break;
-    default:
+    else if (cls > H5T_NO_CLASS && cls < H5T_NCLASSES && class_names[cls])
+        snprintf(buf, n, "%s", class_names[cls]);
+    else
         snprintf(buf, n, "an unknown type");
-        break;
-    }
 }
 
-/* Reads an integer attribute of any width and signedness held in a scalar
- * or one-element dataspace. h5py writes int64; C writers often int32. */
-static strata_err read_int_attr(hid_t obj, const char *path, const char *name, int64_t *v)
+/* Call right after the HDF5 call that failed, before another one clears
+ * the error stack that holds the reason. */
+static strata_err attr_unreadable(const char *path, const char *name)
+{
+    char why[256];
+    return strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
+                         hdf5_reason(why));
+}
+
+/* Opens attribute name of /tokens and checks it holds one value of class
+ * cls: an integer of at most 64 bits, or a string. *a and *t receive the
+ * attribute and its type, for the caller to read and close. */
+static strata_err open_attr(hid_t obj, const char *path, const char *name, H5T_class_t cls,
+                            hid_t *a, hid_t *t)
 {
     char why[256];
     htri_t ex = H5Aexists(obj, name);
@@ -153,30 +145,44 @@ static strata_err read_int_attr(hid_t obj, const char *path, const char *name, i
         return strata_errorf(STRATA_EINPUT, "%s: cannot read attributes of /tokens (%s)", path,
                              hdf5_reason(why));
     if (ex == 0) return strata_errorf(STRATA_EINPUT, "%s: /tokens has no %s attribute", path, name);
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0)
+    hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
+    if (attr < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot open attribute %s (%s)", path, name,
                              hdf5_reason(why));
+    int is_int = cls == H5T_INTEGER;
     strata_err e = strata_ok();
-    hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+    hid_t type = H5Aget_type(attr), sp = H5Aget_space(attr);
     hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
-    if (t < 0 || sp < 0) {
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                          hdf5_reason(why));
-    } else if (H5Tget_class(t) != H5T_INTEGER || H5Tget_size(t) > 8) {
+    if (type < 0 || sp < 0) {
+        e = attr_unreadable(path, name);
+    } else if (H5Tget_class(type) != cls || (is_int && H5Tget_size(type) > 8)) {
         char tn[64];
-        type_name(t, tn, sizeof tn);
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is %s, expected an integer", path, name,
-                          tn);
+        type_name(type, tn, sizeof tn);
+        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is %s, expected %s", path, name, tn,
+                          is_int ? "an integer" : "a string");
     } else if (np != 1) {
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s holds %lld values, expected one", path,
-                          name, (long long)np);
-    } else if (H5Aread(a, H5T_NATIVE_INT64, v) < 0) {
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                          hdf5_reason(why));
+        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s holds %lld %s, expected one", path, name,
+                          (long long)np, is_int ? "values" : "strings");
     }
-    if (t >= 0) H5Tclose(t);
     if (sp >= 0) H5Sclose(sp);
+    if (e.code) {
+        if (type >= 0) H5Tclose(type);
+        H5Aclose(attr);
+        return e;
+    }
+    *a = attr;
+    *t = type;
+    return strata_ok();
+}
+
+/* Reads an integer attribute of any width and signedness held in a scalar
+ * or one-element dataspace. h5py writes int64; C writers often int32. */
+static strata_err read_int_attr(hid_t obj, const char *path, const char *name, int64_t *v)
+{
+    hid_t a = -1, t = -1;
+    STRATA_TRY(open_attr(obj, path, name, H5T_INTEGER, &a, &t));
+    strata_err e = H5Aread(a, H5T_NATIVE_INT64, v) < 0 ? attr_unreadable(path, name) : strata_ok();
+    H5Tclose(t);
     H5Aclose(a);
     return e;
 }
@@ -550,45 +556,21 @@ int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t wh
     return vlen_attr_ok((hid_t)obj, name, why, why_len);
 }
 
+const char *strata_hdf5_reason(char buf[256]) { return hdf5_reason(buf); }
+
 /* Reads a string attribute, fixed-length (any padding) or variable-length,
  * ASCII or UTF-8, into out (at most cap-1 bytes; longer is an error). */
 static strata_err read_str_attr(hid_t obj, const char *path, const char *name, char *out,
                                 size_t cap)
 {
     char why[256];
-    htri_t ex = H5Aexists(obj, name);
-    if (ex < 0)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot read attributes of /tokens (%s)", path,
-                             hdf5_reason(why));
-    if (ex == 0) return strata_errorf(STRATA_EINPUT, "%s: /tokens has no %s attribute", path, name);
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot open attribute %s (%s)", path, name,
-                             hdf5_reason(why));
+    hid_t a = -1, t = -1;
+    STRATA_TRY(open_attr(obj, path, name, H5T_STRING, &a, &t));
     strata_err e = strata_ok();
-    hid_t t = H5Aget_type(a), sp = H5Aget_space(a), mt = -1;
-    hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
     char *buf = NULL;
-    if (t < 0 || sp < 0) {
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                          hdf5_reason(why));
-        goto done;
-    }
-    if (H5Tget_class(t) != H5T_STRING) {
-        char tn[64];
-        type_name(t, tn, sizeof tn);
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is %s, expected a string", path, name,
-                          tn);
-        goto done;
-    }
-    if (np != 1) {
-        e = strata_errorf(STRATA_EINPUT, "%s: attribute %s holds %lld strings, expected one", path,
-                          name, (long long)np);
-        goto done;
-    }
     /* The memory type keeps the file's character set: HDF5 refuses to
      * convert between ASCII and UTF-8 strings. */
-    mt = H5Tcopy(H5T_C_S1);
+    hid_t mt = H5Tcopy(H5T_C_S1);
     H5Tset_cset(mt, H5Tget_cset(t));
     const char *s = NULL;
     if (H5Tis_variable_str(t) > 0) {
@@ -599,8 +581,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
             goto done;
         }
         if (H5Aread(a, mt, &vs) < 0) {
-            e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                              hdf5_reason(why));
+            e = attr_unreadable(path, name);
             goto done;
         }
         if (vs) {
@@ -627,8 +608,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
             goto done;
         }
         if (H5Aread(a, mt, buf) < 0) {
-            e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                              hdf5_reason(why));
+            e = attr_unreadable(path, name);
             goto done;
         }
         buf[size] = 0;
@@ -646,8 +626,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
 done:
     free(buf);
     if (mt >= 0) H5Tclose(mt);
-    if (t >= 0) H5Tclose(t);
-    if (sp >= 0) H5Sclose(sp);
+    H5Tclose(t);
     H5Aclose(a);
     return e;
 }

@@ -24,22 +24,6 @@
 
 static const char usage[] = "usage: strata inspect FILE.h5|MANIFEST|DIR [--seq-len T] [--check]";
 
-static herr_t innermost_cb(unsigned n, const H5E_error2_t *e, void *data)
-{
-    if (n == 0 && e->desc) snprintf(data, 256, "%s", e->desc);
-    return 0;
-}
-
-static const char *hdf5_reason(char buf[256])
-{
-    buf[0] = 0;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_cb, buf);
-    H5Eclear2(H5E_DEFAULT);
-    for (char *p = buf; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
-    return buf;
-}
-
 /* ---- shards and streams ------------------------------------------------- */
 
 static void print_shard(const strata_shard *s, int T)
@@ -130,14 +114,14 @@ static strata_err print_attr(hid_t loc, const char *path, const char *name)
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     if (a < 0)
         return strata_errorf(STRATA_EINPUT, "%s: attribute %s unreadable (%s)", path, name,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
     hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
     strata_err e = strata_ok();
     H5T_class_t cls = t < 0 ? H5T_NO_CLASS : H5Tget_class(t);
     if (t < 0 || sp < 0 || np < 0) {
         e = strata_errorf(STRATA_EINPUT, "%s: attribute %s unreadable (%s)", path, name,
-                          hdf5_reason(why));
+                          strata_hdf5_reason(why));
     } else if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && np >= 1 && np <= 8 &&
                H5Tget_size(t) <= 8) {
         int64_t iv[8];
@@ -146,7 +130,7 @@ static strata_err print_attr(hid_t loc, const char *path, const char *name)
                                       : H5Aread(a, H5T_NATIVE_DOUBLE, dv);
         if (r < 0) {
             e = strata_errorf(STRATA_EINPUT, "%s: attribute %s unreadable (%s)", path, name,
-                              hdf5_reason(why));
+                              strata_hdf5_reason(why));
         } else {
             printf("  %-16s", name);
             for (hssize_t i = 0; i < np; i++) {
@@ -177,7 +161,7 @@ static strata_err print_attr(hid_t loc, const char *path, const char *name)
             e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is damaged (%s)", path, name, bad);
         } else if (r < 0) {
             e = strata_errorf(STRATA_EINPUT, "%s: attribute %s unreadable (%s)", path, name,
-                              hdf5_reason(why));
+                              strata_hdf5_reason(why));
         } else {
             const char *v = s ? s : "";
             size_t len = strlen(v);
@@ -227,7 +211,7 @@ static herr_t tensor_cb(hid_t group, const char *name, const H5L_info_t *info, v
     H5O_info_t oi;
     if (H5Oget_info_by_name2(group, name, &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0) {
         w->err = strata_errorf(STRATA_EINPUT, "%s: /model/%s unreadable (%s)", w->path, name,
-                               hdf5_reason(why));
+                               strata_hdf5_reason(why));
         return -1;
     }
     if (oi.type != H5O_TYPE_DATASET) {
@@ -239,7 +223,7 @@ static herr_t tensor_cb(hid_t group, const char *name, const H5L_info_t *info, v
     int rank = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
     if (d < 0 || sp < 0 || t < 0 || rank < 0 || rank > 8) {
         w->err = strata_errorf(STRATA_EINPUT, "%s: /model/%s unreadable (%s)", w->path, name,
-                               hdf5_reason(why));
+                               strata_hdf5_reason(why));
     } else {
         hsize_t dims[8] = {0};
         H5Sget_simple_extent_dims(sp, dims, NULL);
@@ -289,7 +273,7 @@ static int inspect_checkpoint(hid_t file, const char *path)
     if (H5Aiterate2(file, H5_INDEX_NAME, H5_ITER_INC, &idx, attr_cb, &w) < 0) {
         if (!w.err.code)
             w.err = strata_errorf(STRATA_EINPUT, "%s: cannot list the root attributes (%s)", path,
-                                  hdf5_reason(why));
+                                  strata_hdf5_reason(why));
         return strata_cli_fail("inspect", w.err);
     }
     if (H5Lexists(file, "/model", H5P_DEFAULT) <= 0) {
@@ -300,9 +284,9 @@ static int inspect_checkpoint(hid_t file, const char *path)
     hid_t g = H5Gopen2(file, "/model", H5P_DEFAULT);
     if (g < 0) {
         fflush(stdout);
-        return strata_cli_fail(
-            "inspect",
-            strata_errorf(STRATA_EINPUT, "%s: /model is not a group (%s)", path, hdf5_reason(why)));
+        return strata_cli_fail("inspect",
+                               strata_errorf(STRATA_EINPUT, "%s: /model is not a group (%s)", path,
+                                             strata_hdf5_reason(why)));
     }
     printf("  /model:\n");
     idx = 0;
@@ -310,8 +294,8 @@ static int inspect_checkpoint(hid_t file, const char *path)
     H5Gclose(g);
     if (r < 0) {
         if (!w.err.code)
-            w.err =
-                strata_errorf(STRATA_EINPUT, "%s: cannot list /model (%s)", path, hdf5_reason(why));
+            w.err = strata_errorf(STRATA_EINPUT, "%s: cannot list /model (%s)", path,
+                                  strata_hdf5_reason(why));
         fflush(stdout);
         return strata_cli_fail("inspect", w.err);
     }
@@ -375,7 +359,7 @@ static int inspect_file(const char *path, int T, int check)
     H5Pset_file_locking(fapl, 0, 1);
 #endif
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    hdf5_reason(why); /* before the next call clears the error stack */
+    strata_hdf5_reason(why); /* before the next call clears the error stack */
     H5Pclose(fapl);
     if (file < 0)
         return strata_cli_fail(

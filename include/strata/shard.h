@@ -55,6 +55,11 @@ int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t wh
  * (HDF5 1.10 decodes them without bounds checks); call before any attribute
  * call on an object of an untrusted file. */
 int strata_hdf5_attrs_ok(int64_t obj, char *why, size_t why_len);
+/* The innermost message of this thread's HDF5 error stack, made one line
+ * (at most 255 bytes, in buf; "" if none), and clears the stack: the reason
+ * the reader puts in its messages, shared with `strata inspect`. Call it
+ * right after the failing HDF5 call; the next HDF5 call clears the stack. */
+const char *strata_hdf5_reason(char buf[256]);
 void strata_shard_close(strata_shard *s);
 
 /* Writing (used by `strata pack`): tokens are appended in order; a document
