@@ -330,13 +330,17 @@ static int on_ini_key(void *user, const char *section, const char *name, const c
 typedef struct line_reader {
     FILE *f;
     parse_ctx *p;
+    int read_errno; /* set when fgets fails on an error, not at end of file */
 } line_reader;
 
 static char *read_line(char *str, int num, void *stream)
 {
     line_reader *r = stream;
     char *s = fgets(str, num, r->f);
-    if (s) r->p->line++;
+    if (s)
+        r->p->line++;
+    else if (ferror(r->f))
+        r->read_errno = errno;
     return s;
 }
 
@@ -356,9 +360,13 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
     ini_max_line = 16384;
     ini_allow_multiline = false;
     ini_stop_on_first_error = true;
-    line_reader reader = {f, &p};
+    line_reader reader = {f, &p, 0};
     int rc = ini_parse_stream(read_line, &reader, on_ini_key, &p);
     fclose(f);
+    /* fopen succeeds on a directory; only the read says EISDIR. */
+    if (reader.read_errno)
+        return strata_errorf(STRATA_EINPUT, "%s: cannot read config: %s", path,
+                             strerror(reader.read_errno));
     if (rc != 0) {
         if (p.error[0]) return strata_errorf(STRATA_EINPUT, "%s", p.error);
         return strata_errorf(STRATA_EINPUT, "%s:%d: not a valid INI line", path, rc > 0 ? rc : 0);

@@ -50,6 +50,9 @@ train() { "$STRATA" train --config "$@"; }
 "$STRATA" train --config base.ini >/dev/null 2>err.log || fail "good config failed: $(cat err.log)"
 
 expect_exit 2 "missing.ini.*cannot open" train missing.ini
+mkdir -p config_dir.ini
+expect_exit 2 "config_dir.ini: cannot read config: Is a directory" train config_dir.ini
+expect_exit 2 "config_dir.ini: cannot read config: Is a directory" "$STRATA" bench --config config_dir.ini
 printf '[model]\nn_layer = 1\nn_layers = 2\n' > unknown_key.ini
 expect_exit 2 "unknown_key.ini:3: \[model\] n_layers: unknown key" train unknown_key.ini
 printf '[modle]\nn_layer = 1\n' > unknown_section.ini
