@@ -172,8 +172,11 @@ int strata_cli_bench(int argc, char **argv)
     if (a.config) e = strata_config_load(&cfg, a.config, a.sets, a.n_sets);
     if (e.code) return strata_cli_fail("bench", e);
 
-    strata_model_shape shape = {cfg.model.n_layer,    cfg.model.n_head,     cfg.model.n_embd,
-                                cfg.model.block_size, cfg.model.vocab_size, 0};
+    strata_model_shape shape = {.n_layer = cfg.model.n_layer,
+                                .n_head = cfg.model.n_head,
+                                .n_embd = cfg.model.n_embd,
+                                .block_size = cfg.model.block_size,
+                                .vocab_size = cfg.model.vocab_size};
     strata_model *m;
     if ((e = strata_model_create(&m, &shape)).code) return strata_cli_fail("bench", e);
     int B = cfg.train.micro_batch, T = cfg.data.seq_len;

@@ -160,8 +160,11 @@ static strata_err load_fisher(trainer *t)
 static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
 {
     const strata_config *c = t->cfg;
-    strata_model_shape shape = {c->model.n_layer,    c->model.n_head,     c->model.n_embd,
-                                c->model.block_size, c->model.vocab_size, 0};
+    strata_model_shape shape = {.n_layer = c->model.n_layer,
+                                .n_head = c->model.n_head,
+                                .n_embd = c->model.n_embd,
+                                .block_size = c->model.block_size,
+                                .vocab_size = c->model.vocab_size};
     STRATA_TRY(strata_model_create(&t->model, &shape));
     t->L = shape.n_layer;
     t->T = c->data.seq_len;

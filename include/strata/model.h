@@ -23,23 +23,60 @@
 
 #include "strata/err.h"
 
+/* Model families: each is one file (src/gpt2.c, src/llama.c) behind the
+ * interface of family.h; nothing outside it knows its tensor names. */
+enum { STRATA_FAMILY_GPT2 = 0, STRATA_FAMILY_LLAMA = 1 };
+/* RoPE frequency scaling, as Hugging Face's rope_type. */
+enum { STRATA_ROPE_DEFAULT = 0, STRATA_ROPE_LINEAR = 1, STRATA_ROPE_LLAMA3 = 2 };
+
+/* The architecture. The first five fields are GPT-2's whole shape; the rest
+ * default to GPT-2's values when zero (family 0, ffn_dim 4C, ...), so a
+ * GPT-2 shape is still {L, NH, C, T, V}. */
 typedef struct strata_model_shape {
-    int n_layer;      /* L */
-    int n_head;       /* NH */
-    int n_embd;       /* C */
-    int block_size;   /* max T */
-    int vocab_size;   /* V */
-    int padded_vocab; /* Vp: V rounded up to a multiple of 64 */
+    int n_layer;        /* L */
+    int n_head;         /* NH, query heads */
+    int n_embd;         /* C, the residual stream's width (hidden_size) */
+    int block_size;     /* max T (position embeddings / max_position_embeddings) */
+    int vocab_size;     /* V */
+    int padded_vocab;   /* Vp: V rounded up to a multiple of 64 */
+    int family;         /* STRATA_FAMILY_* */
+    int n_kv_head;      /* NKV: key/value heads (grouped-query attention); 0 = NH */
+    int head_dim;       /* hs; 0 = C / NH */
+    int ffn_dim;        /* MLP width (intermediate_size); 0 = 4C */
+    int tied;           /* lm head is the token embedding (GPT-2: always) */
+    int qkv_bias;       /* q/k/v projections have biases (Qwen2) */
+    int qk_norm;        /* per-head RMSNorm over hs on q and k before RoPE (Qwen3) */
+    int sliding_window; /* attend to the last W positions only (Mistral); 0 = all */
+    float norm_eps;     /* RMSNorm / LayerNorm epsilon; 0 = 1e-5 */
+    /* RoPE (llama family): inv_freq[i] = theta^(-2i/hs), then scaled. */
+    double rope_theta;                                  /* 0 = 10000 */
+    int rope_type;                                      /* STRATA_ROPE_* */
+    double rope_factor;                                 /* linear and llama3 */
+    double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
+    int rope_original_max; /* llama3: original_max_position_embeddings */
 } strata_model_shape;
 
+/* What a tensor is for, so that the trainer, the optimizer's groups,
+ * checkpoints and freezing never need its name. */
+enum {
+    STRATA_ROLE_TOKEN_EMBED = 0, /* (V, C); also the lm head when tied */
+    STRATA_ROLE_POS_EMBED = 1,   /* (block_size, C), GPT-2 */
+    STRATA_ROLE_BLOCK = 2,       /* a tensor of block `layer` */
+    STRATA_ROLE_FINAL_NORM = 3,  /* the norm before the lm head */
+    STRATA_ROLE_LM_HEAD = 4,     /* (V, C), untied models */
+};
+
 typedef struct strata_tensor {
-    char name[48]; /* Hugging Face name, without "transformer." */
-    size_t offset; /* into params/grads, in floats */
-    size_t numel;  /* elements stored in files (wte: V*C) */
-    int ndim;      /* 1 or 2 */
-    int shape[2];  /* as stored in files: wte (V, C); linear (out, in) */
-    int layer;     /* block index, or -1 for wte, wpe, ln_f */
-    int decay;     /* 1 for 2-D weights (weight decay applies) */
+    char name[64];     /* the family's Hugging Face name ("h.3.attn.c_attn.weight",
+                          "model.layers.3.self_attn.q_proj.weight") */
+    size_t offset;     /* into params/grads, in floats */
+    size_t numel;      /* elements stored in files (embeddings: V*C) */
+    int ndim;          /* 1 or 2 */
+    int shape[2];      /* as stored in strata's files: embeddings (V, C); linear (out, in) */
+    int layer;         /* block index, or -1 outside the blocks */
+    int decay;         /* 1 for 2-D weights (weight decay applies) */
+    int role;          /* STRATA_ROLE_* */
+    int hf_transposed; /* Hugging Face stores it (in, out) (GPT-2's Conv1D) */
 } strata_tensor;
 
 typedef struct strata_model strata_model;
