@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -345,11 +346,78 @@ static void hash_str(uint64_t *h, const char *name, const char *s)
 static const char *const shape_attrs[5] = {"n_layer", "n_head", "n_embd", "block_size",
                                            "vocab_size"};
 
-static uint64_t attrs_hash(const int shape[5], const strata_ckpt_state *st)
+/* The architecture beyond GPT-2's five fields, as attributes of the same
+ * names as strata_model_shape's fields. They are written only for families
+ * other than GPT-2, so GPT-2 checkpoints keep their attributes and
+ * checksum; absent, they read as 0 (GPT-2's defaults). */
+enum { ARCH_INT, ARCH_FLOAT, ARCH_DOUBLE };
+typedef struct arch_field {
+    const char *name;
+    size_t offset;
+    int kind;
+} arch_field;
+#define ARCH(field, kind)                                                                          \
+    {                                                                                              \
+#field, offsetof(strata_model_shape, field), kind                                          \
+    }
+static const arch_field arch_fields[] = {
+    ARCH(family, ARCH_INT),
+    ARCH(n_kv_head, ARCH_INT),
+    ARCH(head_dim, ARCH_INT),
+    ARCH(ffn_dim, ARCH_INT),
+    ARCH(tied, ARCH_INT),
+    ARCH(qkv_bias, ARCH_INT),
+    ARCH(qk_norm, ARCH_INT),
+    ARCH(sliding_window, ARCH_INT),
+    ARCH(rope_type, ARCH_INT),
+    ARCH(rope_original_max, ARCH_INT),
+    ARCH(norm_eps, ARCH_FLOAT),
+    ARCH(rope_theta, ARCH_DOUBLE),
+    ARCH(rope_factor, ARCH_DOUBLE),
+    ARCH(rope_low_freq_factor, ARCH_DOUBLE),
+    ARCH(rope_high_freq_factor, ARCH_DOUBLE),
+};
+#undef ARCH
+#define N_ARCH (sizeof arch_fields / sizeof arch_fields[0])
+
+static double arch_get(const strata_model_shape *s, const arch_field *f)
+{
+    const char *p = (const char *)s + f->offset;
+    if (f->kind == ARCH_INT) return *(const int *)p;
+    if (f->kind == ARCH_FLOAT) return *(const float *)p;
+    return *(const double *)p;
+}
+
+static void arch_set(strata_model_shape *s, const arch_field *f, double v)
+{
+    char *p = (char *)s + f->offset;
+    if (f->kind == ARCH_INT)
+        *(int *)p = (int)v;
+    else if (f->kind == ARCH_FLOAT)
+        *(float *)p = (float)v;
+    else
+        *(double *)p = v;
+}
+
+static void shape_base(const strata_model_shape *s, int out[5])
+{
+    out[0] = s->n_layer, out[1] = s->n_head, out[2] = s->n_embd;
+    out[3] = s->block_size, out[4] = s->vocab_size;
+}
+
+static uint64_t attrs_hash(const strata_model_shape *s, const strata_ckpt_state *st)
 {
     uint64_t h = 0xcbf29ce484222325ull;
+    int shape[5];
+    shape_base(s, shape);
     hash_str(&h, "format", STRATA_CKPT_FORMAT);
     for (int i = 0; i < 5; i++) hash_u64(&h, shape_attrs[i], (uint64_t)shape[i]);
+    for (size_t i = 0; i < N_ARCH && s->family != STRATA_FAMILY_GPT2; i++) {
+        double v = arch_get(s, &arch_fields[i]);
+        uint64_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        hash_u64(&h, arch_fields[i].name, bits);
+    }
     hash_u64(&h, "step", (uint64_t)st->step);
     hash_u64(&h, "tokens_seen", (uint64_t)st->tokens_seen);
     hash_u64(&h, "seed", st->seed);
@@ -371,8 +439,16 @@ static strata_err write_contents(hid_t file, const char *path, const strata_mode
     if (!st) st = &none;
     const strata_model_shape *s = strata_model_get_shape(m);
     STRATA_TRY(attr_write_str(file, path, "format", STRATA_CKPT_FORMAT));
-    const int shape[5] = {s->n_layer, s->n_head, s->n_embd, s->block_size, s->vocab_size};
+    int shape[5];
+    shape_base(s, shape);
     for (int i = 0; i < 5; i++) STRATA_TRY(attr_write_i64(file, path, shape_attrs[i], shape[i]));
+    for (size_t i = 0; i < N_ARCH && s->family != STRATA_FAMILY_GPT2; i++) {
+        double v = arch_get(s, &arch_fields[i]);
+        STRATA_TRY(arch_fields[i].kind == ARCH_INT
+                       ? attr_write_i64(file, path, arch_fields[i].name, (int64_t)v)
+                       : attr_write(file, path, arch_fields[i].name, H5T_IEEE_F64LE,
+                                    H5T_NATIVE_DOUBLE, &v));
+    }
     STRATA_TRY(attr_write_i64(file, path, "step", st->step));
     STRATA_TRY(attr_write_i64(file, path, "tokens_seen", st->tokens_seen));
     STRATA_TRY(attr_write(file, path, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &st->seed));
@@ -383,7 +459,7 @@ static strata_err write_contents(hid_t file, const char *path, const strata_mode
     STRATA_TRY(attr_write_str(file, path, "config", st->config));
     STRATA_TRY(attr_write_str(file, path, "data_fingerprint", st->data_fingerprint));
     STRATA_TRY(attr_write_str(file, path, "extra_json", st->extra_json));
-    uint64_t h = attrs_hash(shape, st);
+    uint64_t h = attrs_hash(s, st);
     STRATA_TRY(attr_write(file, path, "attrs_fnv1a64", H5T_STD_U64LE, H5T_NATIVE_UINT64, &h));
 
     /* Model-only checkpoints (import, init) simply have no /optim. */
@@ -502,7 +578,10 @@ static strata_err attr_open(hid_t file, const char *path, const char *name, H5T_
         H5Aclose(attr);
         H5Eclear2(H5E_DEFAULT);
         return strata_errorf(STRATA_EINPUT, "%s: attribute '%s' on / is not a single %s", path,
-                             name, cls == H5T_STRING ? "string" : "integer");
+                             name,
+                             cls == H5T_STRING  ? "string"
+                             : cls == H5T_FLOAT ? "float"
+                                                : "integer");
     }
     *attr_out = attr;
     *type_out = type;
@@ -525,6 +604,18 @@ static strata_err attr_read_int(hid_t file, const char *path, const char *name, 
 static strata_err attr_read_i64(hid_t file, const char *path, const char *name, int64_t *out)
 {
     return attr_read_int(file, path, name, H5T_NATIVE_INT64, out);
+}
+
+static strata_err attr_read_double(hid_t file, const char *path, const char *name, double *out)
+{
+    hid_t attr = -1, type = -1;
+    STRATA_TRY(attr_open(file, path, name, H5T_FLOAT, &attr, &type));
+    strata_err e = strata_ok();
+    if (H5Aread(attr, H5T_NATIVE_DOUBLE, out) < 0)
+        e = h5_fail(STRATA_EINPUT, path, "cannot read attribute '%s'", name);
+    H5Tclose(type);
+    H5Aclose(attr);
+    return e;
 }
 
 /* Reads a string attribute (fixed-length, as written here, or variable-length,
@@ -586,15 +677,40 @@ static strata_err check_format(hid_t file, const char *path)
     return e;
 }
 
-static strata_err read_shape_attrs(hid_t file, const char *path, int out[5])
+static strata_err read_shape_attrs(hid_t file, const char *path, strata_model_shape *s)
 {
+    memset(s, 0, sizeof *s);
+    int base[5];
     for (int i = 0; i < 5; i++) {
         int64_t v;
         STRATA_TRY(attr_read_i64(file, path, shape_attrs[i], &v));
         if (v < 1 || v > INT_MAX)
             return strata_errorf(STRATA_EINPUT, "%s: attribute %s = %" PRId64 " is out of range",
                                  path, shape_attrs[i], v);
-        out[i] = (int)v;
+        base[i] = (int)v;
+    }
+    s->n_layer = base[0], s->n_head = base[1], s->n_embd = base[2];
+    s->block_size = base[3], s->vocab_size = base[4];
+    for (size_t i = 0; i < N_ARCH; i++) {
+        const arch_field *f = &arch_fields[i];
+        htri_t exists = H5Aexists(file, f->name);
+        if (exists <= 0) {
+            H5Eclear2(H5E_DEFAULT);
+            continue;
+        }
+        double v;
+        if (f->kind == ARCH_INT) {
+            int64_t iv;
+            STRATA_TRY(attr_read_i64(file, path, f->name, &iv));
+            if (iv < INT_MIN || iv > INT_MAX)
+                return strata_errorf(STRATA_EINPUT,
+                                     "%s: attribute %s = %" PRId64 " is out of range", path,
+                                     f->name, iv);
+            v = (double)iv;
+        } else {
+            STRATA_TRY(attr_read_double(file, path, f->name, &v));
+        }
+        arch_set(s, f, v);
     }
     return strata_ok();
 }
@@ -604,17 +720,41 @@ strata_err strata_ckpt_read_shape(const char *path, strata_model_shape *shape)
     h5_quiet();
     hid_t file = -1;
     STRATA_TRY(open_ckpt(path, &file));
-    int v[5];
+    strata_model_shape v;
     strata_err e = check_format(file, path);
-    if (!e.code) e = read_shape_attrs(file, path, v);
+    if (!e.code) e = read_shape_attrs(file, path, &v);
     H5Fclose(file);
     if (e.code) return e;
-    shape->n_layer = v[0];
-    shape->n_head = v[1];
-    shape->n_embd = v[2];
-    shape->block_size = v[3];
-    shape->vocab_size = v[4];
-    shape->padded_vocab = (v[4] + 63) / 64 * 64;
+    if ((e = strata_model_resolve_shape(&v)).code)
+        return strata_errorf(STRATA_EINPUT, "%s: %s", path, e.msg);
+    *shape = v;
+    return strata_ok();
+}
+
+/* The first field in which a checkpoint's (resolved) shape differs from
+ * the model's, as an error naming it. */
+static strata_err compare_shapes(const char *path, const strata_model_shape *file,
+                                 const strata_model_shape *model, int *mismatch)
+{
+    int a[5], b[5];
+    shape_base(file, a);
+    shape_base(model, b);
+    for (int i = 0; i < 5; i++)
+        if (a[i] != b[i]) {
+            *mismatch = 1;
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: %s is %d in the checkpoint but %d in the model", path,
+                                 shape_attrs[i], a[i], b[i]);
+        }
+    for (size_t i = 0; i < N_ARCH; i++) {
+        double x = arch_get(file, &arch_fields[i]), y = arch_get(model, &arch_fields[i]);
+        if (x != y) {
+            *mismatch = 1;
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: %s is %g in the checkpoint but %g in the model", path,
+                                 arch_fields[i].name, x, y);
+        }
+    }
     return strata_ok();
 }
 
@@ -736,23 +876,19 @@ static strata_err load_file(hid_t file, const char *path, strata_model *m, float
             snprintf(name, sizeof name, "%s/%s", groups[g], t->name);
             STRATA_TRY(check_dataset(file, path, name, t, mismatch));
         }
-    int v[5];
-    STRATA_TRY(read_shape_attrs(file, path, v));
+    strata_model_shape v;
+    STRATA_TRY(read_shape_attrs(file, path, &v));
+    strata_model_shape file_shape = v;
+    strata_err re = strata_model_resolve_shape(&file_shape);
+    if (re.code) return strata_errorf(STRATA_EINPUT, "%s: %s", path, re.msg);
     const strata_model_shape *s = strata_model_get_shape(m);
-    const int want[5] = {s->n_layer, s->n_head, s->n_embd, s->block_size, s->vocab_size};
-    for (int i = 0; i < 5; i++)
-        if (v[i] != want[i]) {
-            *mismatch = 1;
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: %s is %d in the checkpoint but %d in the model", path,
-                                 shape_attrs[i], v[i], want[i]);
-        }
+    STRATA_TRY(compare_shapes(path, &file_shape, s, mismatch));
 
     strata_ckpt_state tmp = {0};
     strata_err e = read_state(file, path, &tmp);
     uint64_t stored = 0;
     if (!e.code) e = attr_read_int(file, path, "attrs_fnv1a64", H5T_NATIVE_UINT64, &stored);
-    if (!e.code && stored != attrs_hash(v, &tmp))
+    if (!e.code && stored != attrs_hash(&v, &tmp))
         e = strata_errorf(STRATA_EINPUT, "%s: the attributes on / fail their checksum (damaged)",
                           path);
     float *bufs[3] = {strata_model_params(m), adam_m, adam_v};
@@ -767,10 +903,13 @@ static strata_err load_file(hid_t file, const char *path, strata_model *m, float
         return e;
     }
     /* wte's padding rows are not in the file; they are zero by contract. */
-    const strata_tensor *wte = strata_model_find(m, "wte.weight");
     size_t pad = (size_t)(s->padded_vocab - s->vocab_size) * (size_t)s->n_embd;
-    for (int g = 0; g < n_groups; g++)
-        memset(bufs[g] + wte->offset + wte->numel, 0, pad * sizeof(float));
+    for (int i = 0; i < strata_model_n_tensors(m); i++) {
+        const strata_tensor *t = strata_model_tensor(m, i);
+        if (t->role != STRATA_ROLE_TOKEN_EMBED && t->role != STRATA_ROLE_LM_HEAD) continue;
+        for (int g = 0; g < n_groups; g++)
+            memset(bufs[g] + t->offset + t->numel, 0, pad * sizeof(float));
+    }
     if (st)
         *st = tmp;
     else

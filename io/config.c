@@ -21,6 +21,7 @@ typedef enum {
     K_STR,
     K_PATH,
     K_SCHED,
+    K_ENUM, /* one of names[], stored as its index (int) */
     K_REPLAY,
     K_FREEZE
 } key_kind;
@@ -29,66 +30,85 @@ typedef struct key_spec {
     const char *section, *name;
     key_kind kind;
     size_t offset;
-    double lo, hi; /* inclusive range for numbers */
+    double lo, hi;            /* inclusive range for numbers */
+    const char *const *names; /* K_ENUM's values, NULL-terminated */
 } key_spec;
+
+static const char *const family_names[] = {"gpt2", "llama", NULL};
+static const char *const rope_names[] = {"none", "linear", "llama3", NULL};
 
 #define OFF(field) offsetof(strata_config, field)
 #define BIG        1e18
 
 static const key_spec keys[] = {
-    {"model", "init", K_PATH, OFF(model.init), 0, 0},
-    {"model", "n_layer", K_INT, OFF(model.n_layer), 1, 1024},
-    {"model", "n_head", K_INT, OFF(model.n_head), 1, 1024},
-    {"model", "n_embd", K_INT, OFF(model.n_embd), 1, 65536},
-    {"model", "block_size", K_INT, OFF(model.block_size), 2, 1 << 20},
-    {"model", "vocab_size", K_INT, OFF(model.vocab_size), 2, 1 << 24},
-    {"model", "dropout", K_DOUBLE, OFF(model.dropout), 0, 0.999999},
-    {"data", "new", K_PATH, OFF(data.new_path), 0, 0},
-    {"data", "replay", K_REPLAY, 0, 0, 0},
-    {"data", "replay_ratio", K_DOUBLE, OFF(data.replay_ratio), 0, 1},
-    {"data", "seq_len", K_INT, OFF(data.seq_len), 1, 1 << 20},
-    {"data", "seed", K_U64, OFF(data.seed), 0, 0},
-    {"data", "follow", K_BOOL, OFF(data.follow), 0, 1},
-    {"data", "follow_timeout", K_DOUBLE, OFF(data.follow_timeout), 0, BIG},
-    {"data", "wrap", K_BOOL, OFF(data.wrap), 0, 1},
-    {"data", "shuffle_window", K_INT, OFF(data.shuffle_window), 1, 1 << 30},
-    {"data", "prefetch", K_BOOL, OFF(data.prefetch), 0, 1},
-    {"train", "steps", K_LONG, OFF(train.steps), 1, BIG},
-    {"train", "global_batch", K_INT, OFF(train.global_batch), 1, 1 << 24},
-    {"train", "micro_batch", K_INT, OFF(train.micro_batch), 1, 1 << 20},
-    {"train", "lr", K_DOUBLE, OFF(train.lr), 0, 10},
-    {"train", "min_lr", K_DOUBLE, OFF(train.min_lr), 0, 10},
-    {"train", "warmup", K_LONG, OFF(train.warmup), 0, BIG},
-    {"train", "schedule", K_SCHED, OFF(train.schedule), 0, 0},
-    {"train", "decay_fraction", K_DOUBLE, OFF(train.decay_fraction), 0, 1},
-    {"train", "weight_decay", K_DOUBLE, OFF(train.weight_decay), 0, 10},
-    {"train", "beta1", K_DOUBLE, OFF(train.beta1), 0, 0.999999},
-    {"train", "beta2", K_DOUBLE, OFF(train.beta2), 0, 0.99999999},
-    {"train", "eps", K_DOUBLE, OFF(train.eps), 0, 1},
-    {"train", "grad_clip", K_DOUBLE, OFF(train.grad_clip), 0, BIG},
-    {"train", "zero", K_INT, OFF(train.zero), 0, 1},
-    {"train", "bucket_mb", K_DOUBLE, OFF(train.bucket_mb), 0.001, 4096},
-    {"train", "comm_thread", K_BOOL, OFF(train.comm_thread), 0, 1},
-    {"train", "max_bad_steps", K_INT, OFF(train.max_bad_steps), 1, 1 << 30},
-    {"train", "step_timeout", K_DOUBLE, OFF(train.step_timeout), -1, BIG},
-    {"train", "l2sp", K_DOUBLE, OFF(train.l2sp), 0, BIG},
-    {"train", "ewc", K_DOUBLE, OFF(train.ewc), 0, BIG},
-    {"train", "fisher", K_PATH, OFF(train.fisher), 0, 0},
-    {"train", "l1", K_DOUBLE, OFF(train.l1), 0, BIG},
-    {"train", "l1_to_init", K_BOOL, OFF(train.l1_to_init), 0, 1},
-    {"train", "freeze", K_FREEZE, 0, 0, 0},
-    {"train", "unfreeze_every", K_LONG, OFF(train.unfreeze_every), 0, BIG},
-    {"train", "layer_lr_decay", K_DOUBLE, OFF(train.layer_lr_decay), 0.001, 1},
-    {"train", "init_seed", K_U64, OFF(train.init_seed), 0, 0},
-    {"checkpoint", "dir", K_PATH, OFF(checkpoint.dir), 0, 0},
-    {"checkpoint", "every", K_LONG, OFF(checkpoint.every), 0, BIG},
-    {"checkpoint", "every_minutes", K_DOUBLE, OFF(checkpoint.every_minutes), 0, BIG},
-    {"checkpoint", "keep", K_INT, OFF(checkpoint.keep), 0, 1 << 30},
-    {"checkpoint", "keep_every", K_LONG, OFF(checkpoint.keep_every), 0, BIG},
-    {"checkpoint", "resume", K_PATH, OFF(checkpoint.resume), 0, 0},
-    {"log", "metrics", K_PATH, OFF(log.metrics), 0, 0},
-    {"log", "every", K_LONG, OFF(log.every), 1, BIG},
-    {"log", "eval_every", K_LONG, OFF(log.eval_every), 0, BIG},
+    {"model", "init", K_PATH, OFF(model.init), 0, 0, NULL},
+    {"model", "n_layer", K_INT, OFF(model.n_layer), 1, 1024, NULL},
+    {"model", "n_head", K_INT, OFF(model.n_head), 1, 1024, NULL},
+    {"model", "n_embd", K_INT, OFF(model.n_embd), 1, 65536, NULL},
+    {"model", "block_size", K_INT, OFF(model.block_size), 2, 1 << 20, NULL},
+    {"model", "vocab_size", K_INT, OFF(model.vocab_size), 2, 1 << 24, NULL},
+    {"model", "family", K_ENUM, OFF(model.family), 0, 0, family_names},
+    {"model", "n_kv_head", K_INT, OFF(model.n_kv_head), 0, 1024, NULL},
+    {"model", "head_dim", K_INT, OFF(model.head_dim), 0, 1024, NULL},
+    {"model", "ffn_dim", K_INT, OFF(model.ffn_dim), 0, 1 << 20, NULL},
+    {"model", "tied", K_BOOL, OFF(model.tied), 0, 1, NULL},
+    {"model", "qkv_bias", K_BOOL, OFF(model.qkv_bias), 0, 1, NULL},
+    {"model", "qk_norm", K_BOOL, OFF(model.qk_norm), 0, 1, NULL},
+    {"model", "sliding_window", K_INT, OFF(model.sliding_window), 0, 1 << 20, NULL},
+    {"model", "norm_eps", K_DOUBLE, OFF(model.norm_eps), 0, 1, NULL},
+    {"model", "rope_theta", K_DOUBLE, OFF(model.rope_theta), 0, BIG, NULL},
+    {"model", "rope_scaling", K_ENUM, OFF(model.rope_type), 0, 0, rope_names},
+    {"model", "rope_factor", K_DOUBLE, OFF(model.rope_factor), 0, 1e6, NULL},
+    {"model", "rope_low_freq_factor", K_DOUBLE, OFF(model.rope_low_freq_factor), 0, 1e6, NULL},
+    {"model", "rope_high_freq_factor", K_DOUBLE, OFF(model.rope_high_freq_factor), 0, 1e6, NULL},
+    {"model", "rope_original_max", K_INT, OFF(model.rope_original_max), 0, 1 << 24, NULL},
+    {"model", "dropout", K_DOUBLE, OFF(model.dropout), 0, 0.999999, NULL},
+    {"data", "new", K_PATH, OFF(data.new_path), 0, 0, NULL},
+    {"data", "replay", K_REPLAY, 0, 0, 0, NULL},
+    {"data", "replay_ratio", K_DOUBLE, OFF(data.replay_ratio), 0, 1, NULL},
+    {"data", "seq_len", K_INT, OFF(data.seq_len), 1, 1 << 20, NULL},
+    {"data", "seed", K_U64, OFF(data.seed), 0, 0, NULL},
+    {"data", "follow", K_BOOL, OFF(data.follow), 0, 1, NULL},
+    {"data", "follow_timeout", K_DOUBLE, OFF(data.follow_timeout), 0, BIG, NULL},
+    {"data", "wrap", K_BOOL, OFF(data.wrap), 0, 1, NULL},
+    {"data", "shuffle_window", K_INT, OFF(data.shuffle_window), 1, 1 << 30, NULL},
+    {"data", "prefetch", K_BOOL, OFF(data.prefetch), 0, 1, NULL},
+    {"train", "steps", K_LONG, OFF(train.steps), 1, BIG, NULL},
+    {"train", "global_batch", K_INT, OFF(train.global_batch), 1, 1 << 24, NULL},
+    {"train", "micro_batch", K_INT, OFF(train.micro_batch), 1, 1 << 20, NULL},
+    {"train", "lr", K_DOUBLE, OFF(train.lr), 0, 10, NULL},
+    {"train", "min_lr", K_DOUBLE, OFF(train.min_lr), 0, 10, NULL},
+    {"train", "warmup", K_LONG, OFF(train.warmup), 0, BIG, NULL},
+    {"train", "schedule", K_SCHED, OFF(train.schedule), 0, 0, NULL},
+    {"train", "decay_fraction", K_DOUBLE, OFF(train.decay_fraction), 0, 1, NULL},
+    {"train", "weight_decay", K_DOUBLE, OFF(train.weight_decay), 0, 10, NULL},
+    {"train", "beta1", K_DOUBLE, OFF(train.beta1), 0, 0.999999, NULL},
+    {"train", "beta2", K_DOUBLE, OFF(train.beta2), 0, 0.99999999, NULL},
+    {"train", "eps", K_DOUBLE, OFF(train.eps), 0, 1, NULL},
+    {"train", "grad_clip", K_DOUBLE, OFF(train.grad_clip), 0, BIG, NULL},
+    {"train", "zero", K_INT, OFF(train.zero), 0, 1, NULL},
+    {"train", "bucket_mb", K_DOUBLE, OFF(train.bucket_mb), 0.001, 4096, NULL},
+    {"train", "comm_thread", K_BOOL, OFF(train.comm_thread), 0, 1, NULL},
+    {"train", "max_bad_steps", K_INT, OFF(train.max_bad_steps), 1, 1 << 30, NULL},
+    {"train", "step_timeout", K_DOUBLE, OFF(train.step_timeout), -1, BIG, NULL},
+    {"train", "l2sp", K_DOUBLE, OFF(train.l2sp), 0, BIG, NULL},
+    {"train", "ewc", K_DOUBLE, OFF(train.ewc), 0, BIG, NULL},
+    {"train", "fisher", K_PATH, OFF(train.fisher), 0, 0, NULL},
+    {"train", "l1", K_DOUBLE, OFF(train.l1), 0, BIG, NULL},
+    {"train", "l1_to_init", K_BOOL, OFF(train.l1_to_init), 0, 1, NULL},
+    {"train", "freeze", K_FREEZE, 0, 0, 0, NULL},
+    {"train", "unfreeze_every", K_LONG, OFF(train.unfreeze_every), 0, BIG, NULL},
+    {"train", "layer_lr_decay", K_DOUBLE, OFF(train.layer_lr_decay), 0.001, 1, NULL},
+    {"train", "init_seed", K_U64, OFF(train.init_seed), 0, 0, NULL},
+    {"checkpoint", "dir", K_PATH, OFF(checkpoint.dir), 0, 0, NULL},
+    {"checkpoint", "every", K_LONG, OFF(checkpoint.every), 0, BIG, NULL},
+    {"checkpoint", "every_minutes", K_DOUBLE, OFF(checkpoint.every_minutes), 0, BIG, NULL},
+    {"checkpoint", "keep", K_INT, OFF(checkpoint.keep), 0, 1 << 30, NULL},
+    {"checkpoint", "keep_every", K_LONG, OFF(checkpoint.keep_every), 0, BIG, NULL},
+    {"checkpoint", "resume", K_PATH, OFF(checkpoint.resume), 0, 0, NULL},
+    {"log", "metrics", K_PATH, OFF(log.metrics), 0, 0, NULL},
+    {"log", "every", K_LONG, OFF(log.every), 1, BIG, NULL},
+    {"log", "eval_every", K_LONG, OFF(log.eval_every), 0, BIG, NULL},
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -247,6 +267,10 @@ static int set_eval_key(parse_ctx *p, const char *section, const char *name, con
     return fail(p, "unknown key%s (eval sets take path and max_samples)", section, name, "");
 }
 
+static int set_key_value(parse_ctx *p, const key_spec *k, const char *section, const char *name,
+                         const char *value);
+
+/* Sets a key from its text; a [model] shape key is also marked as given. */
 static int set_key(parse_ctx *p, const char *section, const char *name, const char *value)
 {
     if (!strncmp(section, "eval.", 5)) return set_eval_key(p, section, name, value);
@@ -258,6 +282,17 @@ static int set_key(parse_ctx *p, const char *section, const char *name, const ch
         for (size_t i = 0; i < N_KEYS; i++) known_section |= !strcmp(keys[i].section, section);
         return fail(p, known_section ? "unknown key%s" : "unknown section%s", section, name, "");
     }
+    if (!set_key_value(p, k, section, name, value)) return 0;
+    size_t i = (size_t)(k - keys);
+    if (!strcmp(section, "model") && strcmp(name, "init") && strcmp(name, "dropout") &&
+        i < 8 * sizeof p->cfg->model.given)
+        p->cfg->model.given |= 1ul << i;
+    return 1;
+}
+
+static int set_key_value(parse_ctx *p, const key_spec *k, const char *section, const char *name,
+                         const char *value)
+{
     char *field = (char *)p->cfg + k->offset;
     double d;
     switch (k->kind) {
@@ -280,6 +315,13 @@ static int set_key(parse_ctx *p, const char *section, const char *name, const ch
         *(strata_schedule_kind *)field = (strata_schedule_kind)s;
         return 1;
     }
+    case K_ENUM:
+        for (int i = 0; k->names[i]; i++)
+            if (!strcmp(value, k->names[i])) {
+                *(int *)field = i;
+                return 1;
+            }
+        return fail(p, "unknown value '%s'", section, name, value);
     case K_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
             *(int *)field = 1;
@@ -397,11 +439,13 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
     }
 
     /* Checks across keys. */
-    if (cfg->data.seq_len > cfg->model.block_size)
+    int from_scratch = !strcmp(cfg->model.init, "scratch");
+    if (from_scratch && cfg->data.seq_len > cfg->model.block_size)
         return strata_errorf(STRATA_EINPUT,
                              "%s: [data] seq_len (%d) exceeds [model] block_size (%d)", path,
                              cfg->data.seq_len, cfg->model.block_size);
-    if (cfg->model.n_embd % cfg->model.n_head)
+    if (from_scratch && cfg->model.family == STRATA_FAMILY_GPT2 &&
+        cfg->model.n_embd % cfg->model.n_head)
         return strata_errorf(STRATA_EINPUT,
                              "%s: [model] n_embd (%d) must be a multiple of n_head (%d)", path,
                              cfg->model.n_embd, cfg->model.n_head);
@@ -479,6 +523,9 @@ char *strata_config_text(const strata_config *c)
         case K_SCHED:
             append(&buf, &len, &cap, "%s\n", sched_names[*(const int *)field]);
             break;
+        case K_ENUM:
+            append(&buf, &len, &cap, "%s\n", k->names[*(const int *)field]);
+            break;
         case K_REPLAY:
             for (int r = 0; r < c->data.n_replay; r++)
                 append(&buf, &len, &cap, "%s%s:%.17g", r ? ", " : "", c->data.replay[r].path,
@@ -496,4 +543,81 @@ char *strata_config_text(const strata_config *c)
         append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\n", c->evals[i].name,
                c->evals[i].path, c->evals[i].max_samples);
     return buf;
+}
+
+/* [model]'s keys in strata_model_shape, by their index in keys[]. */
+static void config_shape(const strata_config *c, strata_model_shape *s)
+{
+    *s = (strata_model_shape){
+        .n_layer = c->model.n_layer,
+        .n_head = c->model.n_head,
+        .n_embd = c->model.n_embd,
+        .block_size = c->model.block_size,
+        .vocab_size = c->model.vocab_size,
+        .family = c->model.family,
+        .n_kv_head = c->model.n_kv_head,
+        .head_dim = c->model.head_dim,
+        .ffn_dim = c->model.ffn_dim,
+        .tied = c->model.tied,
+        .qkv_bias = c->model.qkv_bias,
+        .qk_norm = c->model.qk_norm,
+        .sliding_window = c->model.sliding_window,
+        .norm_eps = (float)c->model.norm_eps,
+        .rope_theta = c->model.rope_theta,
+        .rope_type = c->model.rope_type,
+        .rope_factor = c->model.rope_factor,
+        .rope_low_freq_factor = c->model.rope_low_freq_factor,
+        .rope_high_freq_factor = c->model.rope_high_freq_factor,
+        .rope_original_max = c->model.rope_original_max,
+    };
+}
+
+/* A shape key's value as a double, from the config or from a shape. */
+static double shape_key(const key_spec *k, const strata_config *c, const strata_model_shape *s)
+{
+    strata_config tmp;
+    if (s) { /* place the shape's values where the config keeps them */
+        tmp = *c;
+        tmp.model.n_layer = s->n_layer, tmp.model.n_head = s->n_head;
+        tmp.model.n_embd = s->n_embd, tmp.model.block_size = s->block_size;
+        tmp.model.vocab_size = s->vocab_size, tmp.model.family = s->family;
+        tmp.model.n_kv_head = s->n_kv_head, tmp.model.head_dim = s->head_dim;
+        tmp.model.ffn_dim = s->ffn_dim, tmp.model.tied = s->tied;
+        tmp.model.qkv_bias = s->qkv_bias, tmp.model.qk_norm = s->qk_norm;
+        tmp.model.sliding_window = s->sliding_window, tmp.model.norm_eps = s->norm_eps;
+        tmp.model.rope_theta = s->rope_theta, tmp.model.rope_type = s->rope_type;
+        tmp.model.rope_factor = s->rope_factor;
+        tmp.model.rope_low_freq_factor = s->rope_low_freq_factor;
+        tmp.model.rope_high_freq_factor = s->rope_high_freq_factor;
+        tmp.model.rope_original_max = s->rope_original_max;
+        c = &tmp;
+    }
+    const char *field = (const char *)c + k->offset;
+    if (k->kind == K_DOUBLE) return *(const double *)field;
+    return *(const int *)field;
+}
+
+strata_err strata_config_model_shape(const strata_config *c, const strata_model_shape *file,
+                                     strata_model_shape *out)
+{
+    if (!file) {
+        config_shape(c, out);
+        return strata_ok();
+    }
+    /* Compare the keys the config gives with the checkpoint's resolved
+     * values (after resolving the config's own shape the same way, so that
+     * "n_kv_head = 0" and an explicit default agree). */
+    strata_model_shape want;
+    config_shape(c, &want);
+    strata_model_resolve_shape(&want);
+    for (size_t i = 0; i < N_KEYS && i < 8 * sizeof c->model.given; i++) {
+        if (!(c->model.given >> i & 1)) continue;
+        double a = shape_key(&keys[i], c, &want), b = shape_key(&keys[i], c, file);
+        if (keys[i].kind == K_DOUBLE ? (float)a != (float)b : a != b)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [model] %s is %g in the config but %g in init checkpoint %s",
+                                 c->path, keys[i].name, a, b, c->model.init);
+    }
+    *out = *file;
+    return strata_ok();
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "strata/ckpt.h"
 #include "strata/cli.h"
 #include "strata/comm.h"
 #include "strata/config.h"
@@ -128,11 +129,18 @@ static void print_bench(const strata_model_shape *s, int B, int T, int threads, 
     double mfu_best = tps * fpt / (f.best_probe * 1e9);
     double total = tm.matmul + tm.attention + tm.elementwise + tm.loss + opt_s;
     const char *th = threads > 1 ? "s" : "";
-    printf("model      L=%d C=%d NH=%d V=%d (padded to %d), B=%d T=%d, %d thread%s\n", s->n_layer,
-           s->n_embd, s->n_head, s->vocab_size, s->padded_vocab, B, T, threads, th);
+    printf("model      L=%d C=%d NH=%d V=%d (padded to %d), B=%d T=%d, %d thread%s; %s", s->n_layer,
+           s->n_embd, s->n_head, s->vocab_size, s->padded_vocab, B, T, threads, th,
+           s->family == STRATA_FAMILY_LLAMA ? "llama" : "gpt2");
+    if (s->family == STRATA_FAMILY_LLAMA)
+        printf(" NKV=%d hs=%d ffn=%d%s%s%s", s->n_kv_head, s->head_dim, s->ffn_dim,
+               s->tied ? " tied" : " untied", s->qkv_bias ? " qkv-bias" : "",
+               s->qk_norm ? " qk-norm" : "");
+    printf("\n");
     printf("step       median %.1f ms over %d steps\n", f.median_s * 1e3, steps);
     printf("throughput %.0f tokens/s\n", tps);
-    printf("flops      %.3g per token (6*N_params + 12*L*T*C)\n", fpt);
+    printf("flops      %.3g per token (6*N_params + 12*L*T*%s)\n", fpt,
+           s->family == STRATA_FAMILY_GPT2 ? "C" : "NH*hs");
     printf("sgemm peak %.1f GFLOP/s (fastest 1024^3 or 2048^3 cblas_sgemm of the probes run after "
            "each timed step, %d thread%s)\n",
            f.best_probe, threads, th);
@@ -172,16 +180,18 @@ int strata_cli_bench(int argc, char **argv)
     if (a.config) e = strata_config_load(&cfg, a.config, a.sets, a.n_sets);
     if (e.code) return strata_cli_fail("bench", e);
 
-    strata_model_shape shape = {.n_layer = cfg.model.n_layer,
-                                .n_head = cfg.model.n_head,
-                                .n_embd = cfg.model.n_embd,
-                                .block_size = cfg.model.block_size,
-                                .vocab_size = cfg.model.vocab_size};
+    strata_model_shape shape, file_shape;
+    int scratch = !strcmp(cfg.model.init, "scratch");
+    if (!scratch && (e = strata_ckpt_read_shape(cfg.model.init, &file_shape)).code)
+        return strata_cli_fail("bench", e);
+    if ((e = strata_config_model_shape(&cfg, scratch ? NULL : &file_shape, &shape)).code)
+        return strata_cli_fail("bench", e);
     strata_model *m;
     if ((e = strata_model_create(&m, &shape)).code) return strata_cli_fail("bench", e);
+    shape = *strata_model_get_shape(m);
     int B = cfg.train.micro_batch, T = cfg.data.seq_len;
     if ((e = strata_model_reserve(m, B, T)).code) return strata_cli_fail("bench", e);
-    strata_model_init_gpt2(m, 1);
+    strata_model_init(m, 1);
     size_t n = strata_model_n_floats(m);
     strata_adamw opt;
     strata_adamw_config ac = {0.9f, 0.95f, 1e-8f, 0.1f};
@@ -205,8 +215,10 @@ int strata_cli_bench(int argc, char **argv)
         if (s == a.warmup) strata_model_reset_timing(m), opt_s = 0;
         double t0 = strata_now_seconds();
         strata_model_zero_grad(m);
-        strata_model_forward(m, tok, tok + 1, B, T, NULL);
-        strata_model_backward(m, &bo);
+        {
+            float fb_loss_;
+            (void)strata_model_forward_backward(m, tok, tok + 1, B, T, NULL, &fb_loss_, &bo);
+        }
         double t1 = strata_now_seconds();
         strata_adamw_step(&opt, strata_model_params(m), strata_model_grads(m), 1.0f / (B * T),
                           1e-4f, &all, 1);

@@ -14,52 +14,13 @@
 #include <string.h>
 
 #include "strata/rng.h"
+#include "strata/vecmath.h"
 
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
 
 #define LN_EPS 1e-5f
-
-/* exp(x) to about 1 ulp, branch-free so loops that call it vectorise (glibc's
- * expf is a scalar call): x = n ln2 + r with |r| <= ln2/2, exp(r) by its
- * degree-6 Taylor polynomial (error r^7/7! < 2e-7 relative), 2^n put
- * straight into the exponent bits. Inputs below -87 give ~1e-38, not 0. */
-static inline float exp_approx(float x)
-{
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float n = floorf(x * 1.44269504f + 0.5f);
-    float r = x - n * 0.693145752f - n * 1.42860677e-06f;
-    float p =
-        1.0f +
-        r * (1.0f +
-             r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-/* max(x[0..n)). GCC vectorises a max reduction only under
- * -ffinite-math-only, and a scalar pass over the logits cost half of the
- * cross-entropy, so with AVX it is spelled out: two running 8-lane maxima. */
-static inline float row_max(const float *x, int n)
-{
-    float mx = -FLT_MAX;
-    int j = 0;
-#ifdef __AVX__
-    __m256 m0 = _mm256_set1_ps(-FLT_MAX), m1 = m0;
-    for (; j + 16 <= n; j += 16) {
-        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
-        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
-    }
-    float lane[8];
-    _mm256_storeu_ps(lane, _mm256_max_ps(m0, m1));
-    for (int k = 0; k < 8; k++) mx = lane[k] > mx ? lane[k] : mx;
-#endif
-    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
-    return mx;
-}
 
 /* tanh(u) = 1 - 2 / (exp(2u) + 1), exact at both saturations. */
 static inline float tanh_approx(float u) { return 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f); }
@@ -72,6 +33,10 @@ void strata_encoder_forward(float *out, const uint32_t *inp, const float *wte, c
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
             const float *e = wte + (size_t)inp[b * T + t] * C;
+            if (!wpe) {
+                memcpy(o, e, (size_t)C * sizeof(float));
+                continue;
+            }
             const float *p = wpe + (size_t)t * C;
             for (int c = 0; c < C; c++) o[c] = e[c] + p[c];
         }

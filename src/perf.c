@@ -5,11 +5,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "strata/family.h"
+
 double strata_flops_per_token(const strata_model_shape *s, int T)
 {
-    double C = s->n_embd, L = s->n_layer, V = s->vocab_size;
-    double n_params = V * C + (double)s->block_size * C + L * (12 * C * C + 13 * C) + 2 * C;
-    return 6.0 * n_params + 12.0 * L * T * C;
+    const strata_family *f = strata_family_find(s->family);
+    if (!f) return 0;
+    return 6.0 * f->matmul_params(s) + f->attention_flops(s, T);
 }
 
 double strata_now_seconds(void)

@@ -119,17 +119,18 @@ static void build_groups(trainer *t, long step)
         g->begin = ts->offset;
         g->end = i + 1 < n ? strata_model_tensor(t->model, i + 1)->offset : t->n_floats;
         g->decay = ts->decay;
-        double depth = ts->layer >= 0 ? t->L - 1 - ts->layer : (ts->name[0] == 'w' ? t->L : 0);
+        int is_embedding = ts->role == STRATA_ROLE_TOKEN_EMBED || ts->role == STRATA_ROLE_POS_EMBED;
+        double depth = ts->layer >= 0 ? t->L - 1 - ts->layer : (is_embedding ? t->L : 0);
         g->lr_mult = (float)pow(c->train.layer_lr_decay, depth);
-        int is_embedding = ts->name[0] == 'w';
         if (ts->layer >= 0 && ts->layer < frozen) g->lr_mult = 0;
         if (is_embedding && c->train.freeze_embeddings) g->lr_mult = 0;
         /* Backprop stops at the lowest trainable block, so below it the
          * embeddings get no gradient: freeze them rather than let weight
          * decay alone shrink them. */
         if (is_embedding && frozen > 0 && !c->train.freeze_all_blocks) g->lr_mult = 0;
-        /* Feature extraction trains ln_f and the tied wte/lm head only. */
-        if (c->train.freeze_all_blocks && !strcmp(ts->name, "wpe.weight")) g->lr_mult = 0;
+        /* Feature extraction trains the final norm and the lm head only (the
+         * token embedding too when it is the tied head). */
+        if (c->train.freeze_all_blocks && ts->role == STRATA_ROLE_POS_EMBED) g->lr_mult = 0;
     }
     t->n_groups = n;
 }
@@ -160,38 +161,27 @@ static strata_err load_fisher(trainer *t)
 static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
 {
     const strata_config *c = t->cfg;
-    strata_model_shape shape = {.n_layer = c->model.n_layer,
-                                .n_head = c->model.n_head,
-                                .n_embd = c->model.n_embd,
-                                .block_size = c->model.block_size,
-                                .vocab_size = c->model.vocab_size};
-    STRATA_TRY(strata_model_create(&t->model, &shape));
+    int scratch = !strcmp(c->model.init, "scratch");
+    strata_model_shape file_shape, shape;
+    if (!scratch) STRATA_TRY(strata_ckpt_read_shape(c->model.init, &file_shape));
+    STRATA_TRY(strata_config_model_shape(c, scratch ? NULL : &file_shape, &shape));
+    strata_err e = strata_model_create(&t->model, &shape);
+    if (e.code) return strata_errorf(e.code, "%s: [model] %s", c->path, e.msg);
+    if (c->data.seq_len > shape.block_size)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] seq_len (%d) exceeds the model's block_size (%d)", c->path,
+                             c->data.seq_len, shape.block_size);
+    if (c->model.dropout > 0 && !strata_model_has_dropout(t->model))
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [model] dropout is not implemented for the %s family", c->path,
+                             strata_model_family_name(t->model));
     t->L = shape.n_layer;
     t->T = c->data.seq_len;
     t->n_floats = strata_model_n_floats(t->model);
-    if (!strcmp(c->model.init, "scratch")) {
-        strata_model_init_gpt2(t->model, c->train.init_seed);
-    } else {
-        strata_model_shape file_shape;
-        STRATA_TRY(strata_ckpt_read_shape(c->model.init, &file_shape));
-        const char *key = NULL;
-        int got = 0, want = 0;
-        if (file_shape.n_layer != shape.n_layer)
-            key = "n_layer", got = file_shape.n_layer, want = shape.n_layer;
-        else if (file_shape.n_head != shape.n_head)
-            key = "n_head", got = file_shape.n_head, want = shape.n_head;
-        else if (file_shape.n_embd != shape.n_embd)
-            key = "n_embd", got = file_shape.n_embd, want = shape.n_embd;
-        else if (file_shape.block_size != shape.block_size)
-            key = "block_size", got = file_shape.block_size, want = shape.block_size;
-        else if (file_shape.vocab_size != shape.vocab_size)
-            key = "vocab_size", got = file_shape.vocab_size, want = shape.vocab_size;
-        if (key)
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: [model] %s is %d in the config but %d in init checkpoint %s",
-                                 c->path, key, want, got, c->model.init);
+    if (scratch)
+        strata_model_init(t->model, c->train.init_seed);
+    else
         STRATA_TRY(strata_ckpt_load(c->model.init, t->model, NULL, NULL, init_state));
-    }
     if (c->train.l2sp > 0 || c->train.ewc > 0 || (c->train.l1 > 0 && c->train.l1_to_init)) {
         t->theta0 = malloc(t->n_floats * sizeof(float));
         if (!t->theta0) return strata_errorf(STRATA_EFAIL, "out of memory for init weights");
@@ -234,7 +224,7 @@ static strata_err init_data(trainer *t)
     lc.n_replay = c->data.n_replay;
     lc.replay_ratio = c->data.replay_ratio;
     lc.seq_len = c->data.seq_len;
-    lc.vocab_size = c->model.vocab_size;
+    lc.vocab_size = strata_model_get_shape(t->model)->vocab_size;
     lc.seed = c->data.seed;
     lc.global_batch = c->train.global_batch;
     lc.slot_begin = (int)((long)t->rank * c->train.global_batch / t->world);
@@ -254,7 +244,8 @@ static strata_err init_data(trainer *t)
     STRATA_TRY(strata_loader_open(&t->loader, &lc));
     for (int i = 0; i < c->n_evals; i++) {
         STRATA_TRY(strata_evalset_open(&t->evals[i].set, c->evals[i].path, c->data.seq_len,
-                                       c->model.vocab_size, c->evals[i].max_samples));
+                                       strata_model_get_shape(t->model)->vocab_size,
+                                       c->evals[i].max_samples));
         t->evals[i].baseline = NAN;
     }
     int mb = c->train.micro_batch, T = t->T;
@@ -574,7 +565,7 @@ static void on_block_done(void *ctx, int layer)
     if (layer < 0)
         from = 0;
     else if (layer >= t->L)
-        from = strata_model_find(t->model, "ln_f.weight")->offset;
+        from = strata_model_top_begin(t->model);
     else
         strata_model_block_range(t->model, layer, &from, &end);
     if (from < a->folded_from) fold_range(a, from);
@@ -637,14 +628,16 @@ static void compute_gradients(trainer *t, const strata_batch *batch, double sums
         for (int i = 0; i < k; i++) t->slot_ids[i] = t->slot_begin + first + i;
         strata_model_set_dropout(t->model, (float)t->cfg->model.dropout, t->cfg->data.seed,
                                  batch->step, t->slot_ids);
-        strata_model_forward(t->model, t->inputs, t->targets, k, T, t->seq_loss);
         strata_backward_opts bo = {.loss_scale = 1.0f,
                                    .first_trainable_block = frozen,
                                    .embeddings_frozen = t->cfg->train.freeze_embeddings,
                                    .stop_at_top = t->cfg->train.freeze_all_blocks,
                                    .on_block_done = last ? on_block_done : NULL,
                                    .ctx = &acc};
-        strata_model_backward(t->model, &bo);
+        float loss;
+        strata_err e = strata_model_forward_backward(t->model, t->inputs, t->targets, k, T,
+                                                     t->seq_loss, &loss, &bo);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
         if (!last) push_micro_batch(&acc);
         for (int i = 0; i < k; i++) {
             int replay = batch->is_replay[first + i];
@@ -969,7 +962,8 @@ strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const ch
     strata_err e = strata_comm_agree_error(comm, init_model(&t, &st));
     for (int i = 0; !e.code && i < cfg->n_evals; i++) {
         e = strata_evalset_open(&t.evals[i].set, cfg->evals[i].path, cfg->data.seq_len,
-                                cfg->model.vocab_size, cfg->evals[i].max_samples);
+                                strata_model_get_shape(t.model)->vocab_size,
+                                cfg->evals[i].max_samples);
         t.evals[i].baseline = NAN;
     }
     if (!e.code && cfg->n_evals == 0)
@@ -1005,8 +999,9 @@ static void accumulate_fisher(trainer *t, strata_evalset *set, long lo, long hi,
         split_rows(row, 1, T, t->inputs, t->targets);
         strata_model_zero_grad(t->model);
         strata_model_set_dropout(t->model, 0.0f, 0, 0, NULL);
-        strata_model_forward(t->model, t->inputs, t->targets, 1, T, NULL);
-        strata_model_backward(t->model, &bo);
+        float loss;
+        e = strata_model_forward_backward(t->model, t->inputs, t->targets, 1, T, NULL, &loss, &bo);
+        if (e.code) strata_comm_abort(t->comm, e.code, e.msg);
 #pragma omp parallel for schedule(static)
         for (size_t k = 0; k < t->n_floats; k++) fisher[k] += g[k] * g[k];
     }
@@ -1028,7 +1023,8 @@ strata_err strata_fisher_run(const strata_config *cfg, strata_comm *comm, const 
     float *fisher = NULL;
     strata_err e = strata_comm_agree_error(comm, init_model(&t, NULL));
     if (!e.code)
-        e = strata_evalset_open(&set, source, cfg->data.seq_len, cfg->model.vocab_size, n_samples);
+        e = strata_evalset_open(&set, source, cfg->data.seq_len,
+                                strata_model_get_shape(t.model)->vocab_size, n_samples);
     if (!e.code) {
         t.T = cfg->data.seq_len;
         t.inputs = malloc((size_t)t.T * sizeof(uint32_t));

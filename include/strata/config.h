@@ -14,6 +14,7 @@
 
 #include "strata/err.h"
 #include "strata/loader.h"
+#include "strata/model.h"
 #include "strata/schedule.h"
 
 #define STRATA_MAX_EVALS 8
@@ -30,6 +31,15 @@ typedef struct strata_config {
     struct {
         char init[STRATA_PATH_MAX]; /* "scratch" or a checkpoint path */
         int n_layer, n_head, n_embd, block_size, vocab_size;
+        /* The rest of strata_model_shape (model.h); 0 = the family's default. */
+        int family, n_kv_head, head_dim, ffn_dim, tied, qkv_bias, qk_norm, sliding_window;
+        double norm_eps, rope_theta;
+        int rope_type; /* [model] rope_scaling = none | linear | llama3 */
+        double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+        int rope_original_max;
+        /* Bit i set: the i-th shape key (as strata_config_model_key) was given,
+         * so that an init checkpoint supplies the others. */
+        unsigned long given;
         double dropout;
     } model;
     struct {
@@ -86,6 +96,13 @@ typedef struct strata_config {
 void strata_config_defaults(strata_config *cfg);
 /* Reads path, then applies each "section.key=value" of sets in order. */
 strata_err strata_config_load(strata_config *cfg, const char *path, char **sets, int n_sets);
+/* The model's architecture from [model]. With init a checkpoint, the
+ * checkpoint's shape (file_shape, may be NULL for scratch) supplies every
+ * key the config does not give, and a key the config gives must agree with
+ * it (else an error naming the key). */
+strata_err strata_config_model_shape(const strata_config *cfg, const strata_model_shape *file_shape,
+                                     strata_model_shape *out);
+
 /* The resolved configuration as INI text (malloc'd). */
 char *strata_config_text(const strata_config *cfg);
 

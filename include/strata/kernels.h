@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* out[b,t,:] = wte[inp[b,t],:] + wpe[t,:] */
+/* out[b,t,:] = wte[inp[b,t],:] + wpe[t,:] (wpe NULL: no position embedding) */
 void strata_encoder_forward(float *out, const uint32_t *inp, const float *wte, const float *wpe,
                             int B, int T, int C);
 /* dwte, dwpe (either may be NULL to skip) += scatter of dout. */

@@ -1,19 +1,25 @@
-/* model.h — GPT-2 in fp32: parameters, gradients, forward and backward.
+/* model.h — a decoder-only transformer in fp32: parameters, gradients,
+ * forward and backward, for every family (family.h: GPT-2, LLaMA).
  *
- * All parameters live in one contiguous buffer, described by a table of named
- * tensors (Hugging Face GPT-2 names: "wte.weight", "h.3.attn.c_attn.weight",
- * ...). Gradients live in a buffer of the same layout, so the all-reduce,
- * ZeRO sharding, checkpoints and freezing all work on ranges of offsets.
+ * All parameters live in one contiguous buffer, described by a table of
+ * tensors with the family's Hugging Face names and a role each. Gradients
+ * live in a buffer of the same layout, so the all-reduce, ZeRO sharding,
+ * checkpoints and freezing all work on ranges of offsets.
  *
- * Layout, in buffer order: wte, wpe, h.0 ... h.{L-1}, ln_f. Each block's
- * tensors are contiguous, so backward finishes the buffer from the end
- * towards the start (ln_f, h.{L-1}, ..., h.0, then wpe and wte).
+ * Layout, in buffer order: the token embedding, anything else below the
+ * blocks (GPT-2's wpe), block 0 ... block L-1 (each contiguous), the final
+ * norm, and the lm head when it is not tied. Backward finishes the buffer
+ * from the end towards the start.
  *
- * Linear weights are stored (out, in) like torch.nn.Linear; Hugging Face's
- * Conv1D stores the transpose, and import/export transposes. wte has
- * vocab_size rows in every file but padded_vocab rows in memory: the padding
- * rows are zero, stay zero (their gradient is zero) and never get
- * probability mass. The model knows no files and no MPI.
+ * Linear weights are stored (out, in) like torch.nn.Linear (GPT-2's Conv1D
+ * stores the transpose on the hub: hf_transposed). The token embedding (and
+ * an untied lm head) has vocab_size rows in every file but padded_vocab rows
+ * in memory: the padding rows are zero, stay zero (their gradient is zero)
+ * and never get probability mass.
+ *
+ * The lm head and its cross-entropy run in chunks of rows: a forward never
+ * holds B*T*Vp logits (only forward without targets, which returns them,
+ * does). The model knows no files and no MPI.
  */
 #ifndef STRATA_MODEL_H
 #define STRATA_MODEL_H
@@ -81,9 +87,11 @@ typedef struct strata_tensor {
 
 typedef struct strata_model strata_model;
 
-/* Checks the shape (positive sizes, n_embd divisible by n_head) and
- * allocates parameters and gradients, zeroed. */
+/* Resolves the shape with its family's defaults, checks it and allocates
+ * parameters and gradients, zeroed. */
 strata_err strata_model_create(strata_model **out, const strata_model_shape *shape);
+/* The shape strata_model_create would use: defaults filled, checked. */
+strata_err strata_model_resolve_shape(strata_model_shape *s);
 void strata_model_free(strata_model *m);
 
 const strata_model_shape *strata_model_get_shape(const strata_model *m);
@@ -94,41 +102,57 @@ size_t strata_model_n_params(const strata_model *m); /* real parameters, no padd
 int strata_model_n_tensors(const strata_model *m);
 const strata_tensor *strata_model_tensor(const strata_model *m, int i);
 const strata_tensor *strata_model_find(const strata_model *m, const char *name);
+/* The first tensor with a role, NULL if none (a tied model has no lm head). */
+const strata_tensor *strata_model_find_role(const strata_model *m, int role);
 /* [begin, end) float offsets of block l's tensors. */
 void strata_model_block_range(const strata_model *m, int l, size_t *begin, size_t *end);
+/* Offset of the first float above the blocks (final norm, lm head). */
+size_t strata_model_top_begin(const strata_model *m);
+/* The family's name ("gpt2", "llama"). */
+const char *strata_model_family_name(const strata_model *m);
 
-/* GPT-2 initialisation: N(0, 0.02), residual projections (attn.c_proj and
- * mlp.c_proj weights) scaled by 1/sqrt(2L), biases zero, LayerNorm weights
- * one; a pure function of seed. */
-void strata_model_init_gpt2(strata_model *m, uint64_t seed);
+/* The family's initialisation from scratch (GPT-2: N(0, 0.02), residual
+ * projections scaled by 1/sqrt(2L), norms' weights one, biases zero); a
+ * pure function of seed. */
+void strata_model_init(strata_model *m, uint64_t seed);
 
 /* Sizes the activation arena for micro-batches of B sequences of T tokens
  * (T <= block_size). Must precede forward; may be called again to resize. */
 strata_err strata_model_reserve(strata_model *m, int B, int T);
 size_t strata_model_activation_bytes(const strata_model *m);
 
-/* Forward pass over inputs (B, T). With targets (B, T), returns the mean
- * cross-entropy over the B*T positions and, in per_seq_loss (B) when not NULL,
- * each sequence's mean loss. With targets NULL returns 0 and keeps logits.
- * Every token id must be < vocab_size (checked by the data layer). */
+/* Forward pass over inputs (B, T), no gradients. With targets (B, T),
+ * returns the mean cross-entropy over the B*T positions and, in
+ * per_seq_loss (B) when not NULL, each sequence's mean loss. With targets
+ * NULL returns 0 and keeps the logits (strata_model_logits). NAN on a bad
+ * shape or out of memory. Every token id must be < vocab_size (checked by
+ * the data layer). */
 float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets, int B,
                            int T, float *per_seq_loss);
 
-/* Backward of the last forward (which had targets), ADDING to the gradient
- * buffer the gradient of loss_scale * (sum of the B*T token losses). Blocks
- * below first_trainable_block get no gradient and cost no compute; with
- * embeddings_frozen, wte/wpe get no gradient from the embedding lookup.
- * Between blocks it calls on_block_done(ctx, l) when block l's gradients are
- * final (l = L for ln_f, -1 for the embeddings), so communication can start. */
+/* How forward_backward's backward runs. It ADDS to the gradient buffer the
+ * gradient of loss_scale * (sum of the B*T token losses). Blocks below
+ * first_trainable_block get no gradient and cost no compute; with
+ * embeddings_frozen the token embedding gets none from the lookup (nor, when
+ * tied, from the head). Between blocks it calls on_block_done(ctx, l) when
+ * block l's gradients are final (l = L for the final norm and the lm head,
+ * -1 for the embeddings), so communication can start. */
 typedef struct strata_backward_opts {
     float loss_scale;
     int first_trainable_block; /* 0 = all blocks */
     int embeddings_frozen;
-    int stop_at_top; /* feature extraction: only ln_f and the lm head */
+    int stop_at_top; /* feature extraction: only the final norm and the lm head */
     void (*on_block_done)(void *ctx, int layer);
     void *ctx;
 } strata_backward_opts;
-void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
+
+/* Forward with targets, then backward: the lm head's backward runs chunk by
+ * chunk inside the forward, on the logits of the chunk just computed. *loss
+ * receives the mean cross-entropy, per_seq_loss (B, may be NULL) each
+ * sequence's. */
+strata_err strata_model_forward_backward(strata_model *m, const uint32_t *inputs,
+                                         const uint32_t *targets, int B, int T, float *per_seq_loss,
+                                         float *loss, const strata_backward_opts *opts);
 
 /* Dropout for the following forward passes, as GPT-2 has it: on the
  * embedding sum, the attention probabilities and the output of each
@@ -141,6 +165,8 @@ void strata_model_backward(strata_model *m, const strata_backward_opts *opts);
  * each forward until the next call (NULL: row b is sample b). */
 void strata_model_set_dropout(strata_model *m, float p, uint64_t seed, long step,
                               const int64_t *sample_ids);
+/* 1 when the family implements dropout (GPT-2); others refuse p > 0. */
+int strata_model_has_dropout(const strata_model *m);
 
 /* Dropout sites; the site number is part of the mask's key. */
 enum {
@@ -156,7 +182,8 @@ enum {
 size_t strata_model_dropout_mask(const strata_model *m, int layer, int site, float *out);
 
 void strata_model_zero_grad(strata_model *m);
-/* Logits of the last forward, (B, T, padded_vocab); valid when targets were NULL. */
+/* Logits of the last forward, (B, T, padded_vocab); valid when targets were
+ * NULL. */
 const float *strata_model_logits(const strata_model *m);
 
 /* Seconds spent in each part of the last forward+backward (for `bench`). */

@@ -6,10 +6,11 @@
 
 #include "strata/model.h"
 
-/* 6 * N_params + 12 * L * T * C, the formula of PaLM's appendix B and
- * ../shared/bench: 6N for forward+backward of every weight (tied wte counted
- * once, wpe included), 12LTC for attention's QK^T and AV, forward and
- * backward, over the full (unmasked) T x T square. */
+/* 6 * N + 12 * L * T * NH * hs, the formula of PaLM's appendix B and
+ * ../shared/bench: 6N for forward+backward of every weight in a matrix
+ * product (a tied head counted once; GPT-2's convention also counts wpe and
+ * the norms, as llm.c does), 12 L T NH hs for attention's QK^T and AV,
+ * forward and backward, over the full (unmasked) T x T square. */
 double strata_flops_per_token(const strata_model_shape *s, int T);
 /* A cblas_sgemm probe on square matrices up to n_max, allocated and touched
  * once, so that it can run between training steps: on a shared machine whose

@@ -55,7 +55,7 @@ typedef struct fixture {
 static void fixture_make(fixture *f, const strata_model_shape *shape, uint64_t seed)
 {
     assert_int_equal(strata_model_create(&f->m, shape).code, 0);
-    strata_model_init_gpt2(f->m, seed);
+    strata_model_init(f->m, seed);
     f->n = strata_model_n_floats(f->m);
     f->adam_m = calloc(f->n, sizeof(float));
     f->adam_v = calloc(f->n, sizeof(float));
@@ -128,7 +128,7 @@ typedef struct target {
 static void target_make(target *t, const strata_model_shape *shape)
 {
     assert_int_equal(strata_model_create(&t->m, shape).code, 0);
-    strata_model_init_gpt2(t->m, 999);
+    strata_model_init(t->m, 999);
     size_t n = strata_model_n_floats(t->m);
     t->am = malloc(n * sizeof(float));
     t->av = malloc(n * sizeof(float));
@@ -881,7 +881,7 @@ static int bench(const char *dir, int rounds)
     strata_model *m;
     strata_err e = strata_model_create(&m, &gpt2);
     if (e.code) return fprintf(stderr, "%s\n", e.msg), 1;
-    strata_model_init_gpt2(m, 1);
+    strata_model_init(m, 1);
     size_t n = strata_model_n_floats(m);
     float *am = malloc(n * sizeof(float)), *av = malloc(n * sizeof(float));
     if (!am || !av) return fprintf(stderr, "out of memory\n"), 1;

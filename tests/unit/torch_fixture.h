@@ -156,9 +156,9 @@ static void torch_fixture_free(torch_fixture *x)
 static float torch_fixture_forward_backward(torch_fixture *x)
 {
     strata_model_zero_grad(x->m);
-    float loss = strata_model_forward(x->m, x->inputs, x->targets, x->B, x->T, NULL);
+    float loss = 0;
     strata_backward_opts o = {.loss_scale = 1.0f / (float)(x->B * x->T)};
-    strata_model_backward(x->m, &o);
+    (void)strata_model_forward_backward(x->m, x->inputs, x->targets, x->B, x->T, NULL, &loss, &o);
     return loss;
 }
 

@@ -1,0 +1,581 @@
+/* GPT-2, one family behind family.h: learned token and position embeddings,
+ * pre-LayerNorm blocks (causal self-attention, GELU-tanh MLP of width 4C),
+ * final LayerNorm, lm head tied to wte. Hugging Face GPT-2 names. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strata/family.h"
+#include "strata/kernels.h"
+#include "strata/model.h"
+#include "strata/rng.h"
+
+/* The twelve tensors of a block, in buffer order. */
+enum {
+    LN1_W,
+    LN1_B,
+    QKV_W,
+    QKV_B,
+    PROJ_W,
+    PROJ_B,
+    LN2_W,
+    LN2_B,
+    FC_W,
+    FC_B,
+    FCPROJ_W,
+    FCPROJ_B,
+    BLOCK_TENSORS
+};
+static const char *block_tensor_names[BLOCK_TENSORS] = {
+    "ln_1.weight",        "ln_1.bias",        "attn.c_attn.weight", "attn.c_attn.bias",
+    "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight",        "ln_2.bias",
+    "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
+};
+
+/* Activations one block keeps for its backward pass. */
+typedef struct block_acts {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (B,T,C), (B,T), (B,T) */
+    float *qkv;                       /* (B,T,3C) */
+    float *atty;                      /* (B,T,C) attention output before c_proj */
+    float *att;                       /* (B,NH,T,T) softmax probabilities */
+    float *res2;                      /* (B,T,C) residual after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fch, *fch_gelu; /* (B,T,4C) */
+    float *res3;           /* (B,T,C) block output */
+} block_acts;
+
+/* The family's state: the shape, the model's buffers (stable for its
+ * lifetime) and the activations of the last forward. */
+typedef struct gpt2 {
+    strata_model_shape shape;
+    float *params, *grads;
+    const strata_tensor *tensors;
+    int n_tensors;
+    strata_model_timing *timing;
+
+    int B, T; /* the arena's size */
+    float *arena;
+    size_t arena_floats;
+    float *encoded, *lnf, *lnf_mean, *lnf_rstd;
+    block_acts *blocks;
+    float *d_res, *d_small, *d_big, *d_att; /* backward scratch */
+    uint32_t *inputs;
+    int fwd_B, fwd_T;
+
+    /* Dropout as requested for this forward: */
+    float drop_p;
+    uint64_t drop_seed;
+    long drop_step;
+    const int64_t *drop_ids; /* the caller's, read by the forward */
+    /* Used by the last forward (fwd_drop) and its backward: one mask row of
+     * bits per sequence and site, allocated on first use for (drop_B, drop_T). */
+    int fwd_drop, drop_B, drop_T;
+    float drop_scale;
+    uint32_t drop_threshold;
+    long words_res, words_att; /* per sequence: (T, C) and (NH, T, T) sites */
+    uint64_t *drop_bits;       /* embed, then per block: attn, attn.c_proj, mlp.c_proj */
+    uint64_t *drop_keys;       /* (1 + 3L, B) row keys, same order */
+    size_t drop_words;
+} gpt2;
+
+#define TIMED(field, stmt)                                                                         \
+    do {                                                                                           \
+        double t0_ = strata_wall_seconds();                                                        \
+        stmt;                                                                                      \
+        m->timing->field += strata_wall_seconds() - t0_;                                           \
+    } while (0)
+
+static strata_err gpt2_resolve(strata_model_shape *s)
+{
+    if (s->n_embd % s->n_head)
+        return strata_errorf(STRATA_EINPUT, "n_embd (%d) must be a multiple of n_head (%d)",
+                             s->n_embd, s->n_head);
+    if ((s->n_kv_head && s->n_kv_head != s->n_head) ||
+        (s->head_dim && s->head_dim * s->n_head != s->n_embd) ||
+        (s->ffn_dim && s->ffn_dim != 4 * s->n_embd) || s->qkv_bias < 0 || s->qk_norm ||
+        s->sliding_window || s->rope_type || (s->norm_eps != 0 && s->norm_eps != 1e-5f))
+        return strata_errorf(STRATA_EINPUT,
+                             "gpt2: only GPT-2's own shape is implemented (n_kv_head = n_head, "
+                             "ffn 4C, no QK-norm, no sliding window, no RoPE, eps 1e-5)");
+    s->n_kv_head = s->n_head;
+    s->head_dim = s->n_embd / s->n_head;
+    s->ffn_dim = 4 * s->n_embd;
+    s->tied = 1;
+    s->qkv_bias = 1;
+    s->norm_eps = 1e-5f;
+    return strata_ok();
+}
+
+static int gpt2_max_tensors(const strata_model_shape *s) { return s->n_layer * BLOCK_TENSORS + 4; }
+
+static void gpt2_layout(strata_model *m)
+{
+    const strata_model_shape *s = strata_model_get_shape(m);
+    int L = s->n_layer, C = s->n_embd;
+    strata_model_add_tensor(m, "wte.weight", STRATA_ROLE_TOKEN_EMBED, -1, s->vocab_size, C,
+                            s->padded_vocab, 0);
+    strata_model_add_tensor(m, "wpe.weight", STRATA_ROLE_POS_EMBED, -1, s->block_size, C,
+                            s->block_size, 0);
+    const int rows[BLOCK_TENSORS] = {C, C, 3 * C, 3 * C, C, C, C, C, 4 * C, 4 * C, C, C};
+    const int cols[BLOCK_TENSORS] = {0, 0, C, 0, C, 0, 0, 0, C, 0, 4 * C, 0};
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < BLOCK_TENSORS; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "h.%d.%s", l, block_tensor_names[i]);
+            /* Conv1D: the hub stores linear weights (in, out). */
+            strata_model_add_tensor(m, name, STRATA_ROLE_BLOCK, l, rows[i], cols[i], rows[i],
+                                    cols[i] != 0);
+        }
+    strata_model_add_tensor(m, "ln_f.weight", STRATA_ROLE_FINAL_NORM, -1, C, 0, C, 0);
+    strata_model_add_tensor(m, "ln_f.bias", STRATA_ROLE_FINAL_NORM, -1, C, 0, C, 0);
+}
+
+/* Weights in matrix products: the blocks' and the tied head; wpe and the
+ * embedding lookup are not products but count in GPT-2's 6N convention. */
+static double gpt2_matmul_params(const strata_model_shape *s)
+{
+    double C = s->n_embd, L = s->n_layer, V = s->vocab_size;
+    return V * C + (double)s->block_size * C + L * (12 * C * C + 13 * C) + 2 * C;
+}
+
+static double gpt2_attention_flops(const strata_model_shape *s, int T)
+{
+    return 12.0 * s->n_layer * T * s->n_embd;
+}
+
+static float *param(gpt2 *m, int l, int which)
+{
+    return m->params + m->tensors[2 + l * BLOCK_TENSORS + which].offset;
+}
+static float *grad(gpt2 *m, int l, int which)
+{
+    return m->grads + m->tensors[2 + l * BLOCK_TENSORS + which].offset;
+}
+
+static void gpt2_init(strata_model *model, uint64_t seed)
+{
+    float proj_std = 0.02f / sqrtf(2.0f * strata_model_get_shape(model)->n_layer);
+    for (int i = 0; i < strata_model_n_tensors(model); i++) {
+        const strata_tensor *t = strata_model_tensor(model, i);
+        float *p = strata_model_params(model) + t->offset;
+        if (strstr(t->name, "ln_") && strstr(t->name, ".weight")) {
+            for (size_t k = 0; k < t->numel; k++) p[k] = 1.0f;
+        } else if (t->ndim == 2) {
+            float std = strstr(t->name, "c_proj.weight") ? proj_std : 0.02f;
+#pragma omp parallel for schedule(static)
+            for (size_t k = 0; k < t->numel; k++)
+                p[k] = std * strata_rng_normal(strata_rng_u64(seed, 0x1417, (uint64_t)i, k));
+        }
+    }
+}
+
+static strata_err alloc_arena(gpt2 *m, int B, int T)
+{
+    size_t L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head, BT = (size_t)B * T;
+    size_t per_block = BT * (16 * C + 4) + (size_t)B * NH * T * T;
+    size_t total = BT * C /* encoded */ + BT * (C + 2) /* lnf */ + L * per_block +
+                   BT * C /* d_res */ + BT * C /* d_small */ + BT * 4 * C /* d_big */ +
+                   (size_t)B * NH * T * T /* d_att */;
+    free(m->arena);
+    free(m->blocks);
+    free(m->inputs);
+    m->arena = malloc(total * sizeof(float));
+    m->blocks = calloc(L, sizeof *m->blocks);
+    m->inputs = malloc(BT * sizeof(uint32_t));
+    if (!m->arena || !m->blocks || !m->inputs) {
+        free(m->arena), free(m->blocks), free(m->inputs);
+        m->arena = NULL, m->blocks = NULL, m->inputs = NULL;
+        m->B = m->T = 0;
+        return strata_errorf(STRATA_EFAIL, "out of memory for activations (%.1f GiB for B=%d T=%d)",
+                             total * 4.0 / (1 << 30), B, T);
+    }
+    float *p = m->arena;
+#define TAKE(n) (p += (n), p - (n))
+    m->encoded = TAKE(BT * C);
+    m->lnf = TAKE(BT * C);
+    m->lnf_mean = TAKE(BT);
+    m->lnf_rstd = TAKE(BT);
+    for (size_t l = 0; l < L; l++) {
+        block_acts *a = &m->blocks[l];
+        a->ln1 = TAKE(BT * C), a->ln1_mean = TAKE(BT), a->ln1_rstd = TAKE(BT);
+        a->qkv = TAKE(BT * 3 * C);
+        a->atty = TAKE(BT * C);
+        a->att = TAKE((size_t)B * NH * T * T);
+        a->res2 = TAKE(BT * C);
+        a->ln2 = TAKE(BT * C), a->ln2_mean = TAKE(BT), a->ln2_rstd = TAKE(BT);
+        a->fch = TAKE(BT * 4 * C), a->fch_gelu = TAKE(BT * 4 * C);
+        a->res3 = TAKE(BT * C);
+    }
+    m->d_res = TAKE(BT * C);
+    m->d_small = TAKE(BT * C);
+    m->d_big = TAKE(BT * 4 * C);
+    m->d_att = TAKE((size_t)B * NH * T * T);
+#undef TAKE
+    m->arena_floats = total;
+    m->B = B;
+    m->T = T;
+    return strata_ok();
+}
+
+static int dropout_prepare(gpt2 *m, int B, int T);
+
+static void gpt2_free_state(void *state)
+{
+    gpt2 *m = state;
+    if (!m) return;
+    free(m->arena);
+    free(m->blocks);
+    free(m->inputs);
+    free(m->drop_bits);
+    free(m->drop_keys);
+    free(m);
+}
+
+static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
+{
+    gpt2 *m = *state;
+    if (!m) {
+        if (!(m = calloc(1, sizeof *m))) return strata_errorf(STRATA_EFAIL, "out of memory");
+        m->shape = *strata_model_get_shape(model);
+        m->params = strata_model_params(model);
+        m->grads = strata_model_grads(model);
+        m->tensors = strata_model_tensor(model, 0);
+        m->n_tensors = strata_model_n_tensors(model);
+        m->timing = strata_model_timing_counters(model);
+        *state = m;
+    }
+    const strata_dropout_request *d = strata_model_dropout_request(model);
+    m->drop_p = d->p, m->drop_seed = d->seed, m->drop_step = d->step, m->drop_ids = d->sample_ids;
+    if (m->B != B || m->T != T) STRATA_TRY(alloc_arena(m, B, T));
+    m->fwd_B = B, m->fwd_T = T;
+    m->fwd_drop = m->drop_p > 0;
+    if (m->fwd_drop) {
+        int failed;
+        TIMED(elementwise, failed = dropout_prepare(m, B, T));
+        if (failed) {
+            m->fwd_drop = 0;
+            return strata_errorf(STRATA_EFAIL, "out of memory for dropout masks (B=%d T=%d)", B, T);
+        }
+    }
+    return strata_ok();
+}
+
+static size_t gpt2_state_bytes(const void *state)
+{
+    const gpt2 *m = state;
+    return m->arena_floats * 4 + m->drop_words * 8;
+}
+
+/* ---- dropout -------------------------------------------------------------
+ *
+ * The mask bit of element i (position within its sequence's row: t*C + c at
+ * the (T, C) sites, (h*T + t)*T + j for attention) of sequence b at a site is
+ * strata_dropout_generate's bit i for the row key
+ *
+ *   strata_mix64(strata_rng_u64(seed, DROPOUT_TAG, step, sample_ids[b])
+ *                ^ ((layer + 1) * 4 + site))
+ *
+ * with layer -1 for the embedding site and site as in model.h. Nothing else
+ * enters: not the rank, the micro-batch or the thread count.
+ *
+ * The backward reads back the forward's bits rather than regenerating them:
+ * on the small config they take 3.5 MiB (against 0.8 GiB of activations)
+ * and regenerating them all costs ~16 ms of CPU per step (measured with
+ * STRATA_BENCH=dropout of test_dropout), so storing is the faster of the two
+ * for a negligible memory cost. STRATA_DROPOUT_RECOMPUTE=1 builds the other
+ * way, for measuring it again. */
+#define DROPOUT_TAG 0x64726f706f757421ull /* "dropout!" */
+#ifndef STRATA_DROPOUT_RECOMPUTE
+#define STRATA_DROPOUT_RECOMPUTE 0
+#endif
+
+static uint64_t dropout_row_key(uint64_t seed, long step, int64_t sample_id, int layer, int site)
+{
+    return strata_mix64(strata_rng_u64(seed, DROPOUT_TAG, (uint64_t)step, (uint64_t)sample_id) ^
+                        (uint64_t)((layer + 1) * 4 + site));
+}
+
+/* Mask row index of (layer, site): the embedding first, then three per block. */
+static int dropout_slot(int layer, int site)
+{
+    return site == STRATA_DROPOUT_EMBED ? 0 : 1 + 3 * layer + (site - 1);
+}
+
+/* The bits of a slot: (B, words) after those of the slots before it. */
+static uint64_t *dropout_words(const gpt2 *m, int slot)
+{
+    if (slot == 0) return m->drop_bits;
+    int l = (slot - 1) / 3, k = (slot - 1) % 3;
+    size_t per_block = (size_t)m->words_att + 2 * (size_t)m->words_res;
+    size_t within = k == 0 ? 0 : (size_t)m->words_att + (k == 2 ? (size_t)m->words_res : 0);
+    return m->drop_bits + (size_t)m->drop_B * (m->words_res + l * per_block + within);
+}
+
+static strata_dropout dropout_of(const gpt2 *m, int layer, int site)
+{
+    int slot = dropout_slot(layer, site);
+    return (strata_dropout){dropout_words(m, slot),
+                            site == STRATA_DROPOUT_ATTN ? m->words_att : m->words_res,
+                            m->drop_scale};
+}
+
+static void dropout_generate_slot(gpt2 *m, int slot)
+{
+    int site = slot == 0 ? STRATA_DROPOUT_EMBED : 1 + (slot - 1) % 3;
+    long words = site == STRATA_DROPOUT_ATTN ? m->words_att : m->words_res;
+    long len = site == STRATA_DROPOUT_ATTN ? (long)m->shape.n_head * m->fwd_T * m->fwd_T
+                                           : (long)m->fwd_T * m->shape.n_embd;
+    strata_dropout_generate(dropout_words(m, slot), words, m->drop_keys + (size_t)slot * m->fwd_B,
+                            m->fwd_B, len, m->drop_threshold);
+}
+
+/* Row keys and bits of every site for the forward about to run (B, T). */
+static int dropout_prepare(gpt2 *m, int B, int T)
+{
+    int L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head;
+    if (B != m->drop_B || T != m->drop_T) {
+        free(m->drop_bits), free(m->drop_keys);
+        m->words_res = ((long)T * C + 63) / 64;
+        m->words_att = ((long)NH * T * T + 63) / 64;
+        m->drop_words = (size_t)B * (m->words_res + (size_t)L * (m->words_att + 2 * m->words_res));
+        m->drop_bits = malloc(m->drop_words * sizeof(uint64_t));
+        m->drop_keys = malloc((size_t)(1 + 3 * L) * B * sizeof(uint64_t));
+        if (!m->drop_bits || !m->drop_keys) {
+            free(m->drop_bits), free(m->drop_keys);
+            m->drop_bits = NULL, m->drop_keys = NULL, m->drop_words = 0;
+            m->drop_B = m->drop_T = 0;
+            return -1;
+        }
+        m->drop_B = B, m->drop_T = T;
+    }
+    m->drop_scale = 1.0f / (1.0f - m->drop_p);
+    double thr = floor((double)m->drop_p * 65536.0 + 0.5);
+    m->drop_threshold = (uint32_t)(thr < 65535 ? thr : 65535);
+    for (int slot = 0; slot < 1 + 3 * L; slot++) {
+        int layer = slot == 0 ? -1 : (slot - 1) / 3;
+        int site = slot == 0 ? STRATA_DROPOUT_EMBED : 1 + (slot - 1) % 3;
+        for (int b = 0; b < B; b++)
+            m->drop_keys[(size_t)slot * B + b] = dropout_row_key(
+                m->drop_seed, m->drop_step, m->drop_ids ? m->drop_ids[b] : b, layer, site);
+        dropout_generate_slot(m, slot);
+    }
+    return 0;
+}
+
+static size_t gpt2_dropout_mask(const strata_model *model, const void *state, int layer, int site,
+                                float *out)
+{
+    const gpt2 *m = state;
+    int B = m->fwd_B, T = m->fwd_T, C = m->shape.n_embd, NH = m->shape.n_head;
+    if (site < STRATA_DROPOUT_EMBED || site > STRATA_DROPOUT_MLP_PROJ || B < 1) return 0;
+    if (site != STRATA_DROPOUT_EMBED && (layer < 0 || layer >= m->shape.n_layer)) return 0;
+    long len = site == STRATA_DROPOUT_ATTN ? (long)NH * T * T : (long)T * C;
+    size_t n = (size_t)B * len;
+    if (!out) return n;
+    if (!m->fwd_drop) {
+        for (size_t i = 0; i < n; i++) out[i] = 1.0f;
+        return n;
+    }
+    strata_dropout d = dropout_of(m, layer, site);
+    for (int b = 0; b < B; b++)
+        for (long i = 0; i < len; i++)
+            out[(size_t)b * len + i] =
+                (float)((d.words[(size_t)b * d.words_per_row + i / 64] >> (i % 64)) & 1) * d.scale;
+    return n;
+}
+
+static void gpt2_embed_forward(strata_model *model, void *state, const uint32_t *inputs, int B,
+                               int T)
+{
+    gpt2 *m = state;
+    int C = m->shape.n_embd;
+    memcpy(m->inputs, inputs, (size_t)B * T * sizeof(uint32_t));
+    m->fwd_B = B, m->fwd_T = T;
+    const float *wte = m->params + m->tensors[0].offset, *wpe = m->params + m->tensors[1].offset;
+    int drop = m->fwd_drop; /* masks drawn by the reservation */
+    TIMED(elementwise, strata_encoder_forward(m->encoded, inputs, wte, wpe, B, T, C));
+    if (drop) {
+        strata_dropout d = dropout_of(m, -1, STRATA_DROPOUT_EMBED);
+        TIMED(elementwise, strata_dropout_apply(m->encoded, m->encoded, &d, B, (long)T * C));
+    }
+}
+
+static void gpt2_block_forward(strata_model *model, void *state, int l)
+{
+    gpt2 *m = state;
+    int B = m->fwd_B, T = m->fwd_T, BT = B * T, C = m->shape.n_embd, NH = m->shape.n_head;
+    int drop = m->fwd_drop;
+    const float *residual = l > 0 ? m->blocks[l - 1].res3 : m->encoded;
+    block_acts *a = &m->blocks[l];
+    TIMED(elementwise, strata_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual,
+                                                param(m, l, LN1_W), param(m, l, LN1_B), BT, C));
+    TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W), param(m, l, QKV_B), BT,
+                                        C, 3 * C, 0.0f));
+    if (!drop) {
+        TIMED(attention, strata_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
+        /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
+        TIMED(elementwise, memcpy(a->res2, residual, (size_t)BT * C * sizeof(float)));
+        TIMED(matmul, strata_matmul_forward(a->res2, a->atty, param(m, l, PROJ_W),
+                                            param(m, l, PROJ_B), BT, C, C, 1.0f));
+    } else {
+        /* The dropped probabilities live in d_att (backward scratch) for
+         * the call; the branch output in d_small, dropped, then added. */
+        strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
+        strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
+        TIMED(attention, strata_attention_forward_dropout(a->atty, a->att, m->d_att, a->qkv, B, T,
+                                                          C, NH, &da));
+        TIMED(matmul, strata_matmul_forward(m->d_small, a->atty, param(m, l, PROJ_W),
+                                            param(m, l, PROJ_B), BT, C, C, 0.0f));
+        TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dp, B, (long)T * C));
+        TIMED(elementwise, strata_residual_forward(a->res2, residual, m->d_small, BT * C));
+    }
+    TIMED(elementwise, strata_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                                param(m, l, LN2_W), param(m, l, LN2_B), BT, C));
+    TIMED(matmul, strata_matmul_forward(a->fch, a->ln2, param(m, l, FC_W), param(m, l, FC_B), BT, C,
+                                        4 * C, 0.0f));
+    TIMED(elementwise, strata_gelu_forward(a->fch_gelu, a->fch, BT * 4 * C));
+    if (!drop) {
+        TIMED(elementwise, memcpy(a->res3, a->res2, (size_t)BT * C * sizeof(float)));
+        TIMED(matmul, strata_matmul_forward(a->res3, a->fch_gelu, param(m, l, FCPROJ_W),
+                                            param(m, l, FCPROJ_B), BT, 4 * C, C, 1.0f));
+    } else {
+        strata_dropout dm = dropout_of(m, l, STRATA_DROPOUT_MLP_PROJ);
+        TIMED(matmul, strata_matmul_forward(m->d_small, a->fch_gelu, param(m, l, FCPROJ_W),
+                                            param(m, l, FCPROJ_B), BT, 4 * C, C, 0.0f));
+        TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dm, B, (long)T * C));
+        TIMED(elementwise, strata_residual_forward(a->res3, a->res2, m->d_small, BT * C));
+    }
+}
+
+static const float *gpt2_final_norm_forward(strata_model *model, void *state)
+{
+    gpt2 *m = state;
+    int BT = m->fwd_B * m->fwd_T, C = m->shape.n_embd, L = m->shape.n_layer;
+    const float *residual = L > 0 ? m->blocks[L - 1].res3 : m->encoded;
+    const float *lnf_w = m->params + m->tensors[m->n_tensors - 2].offset;
+    const float *lnf_b = m->params + m->tensors[m->n_tensors - 1].offset;
+    TIMED(elementwise, strata_layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, residual, lnf_w,
+                                                lnf_b, BT, C));
+    return m->lnf;
+}
+
+/* Backward through block l: on entry d_res holds dLoss/d(res3); on exit it
+ * holds dLoss/d(block input), unless need_dinp is 0. */
+static void block_backward(gpt2 *m, int l, const float *block_input, int need_dinp)
+{
+    int B = m->fwd_B, T = m->fwd_T, BT = B * T, C = m->shape.n_embd, NH = m->shape.n_head;
+    block_acts *a = &m->blocks[l];
+    float *d_big = m->d_big, *d_small = m->d_small, *d_res = m->d_res;
+    int drop = m->fwd_drop;
+    /* With dropout a branch's gradient is the residual's, masked: in d_small
+     * (free until the MLP's c_fc backward) and in d_big (free until the
+     * attention backward) respectively. */
+    const float *d_branch = d_res;
+    if (drop) {
+#if STRATA_DROPOUT_RECOMPUTE
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_ATTN)));
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_ATTN_PROJ)));
+        TIMED(elementwise, dropout_generate_slot(m, dropout_slot(l, STRATA_DROPOUT_MLP_PROJ)));
+#endif
+        strata_dropout dm = dropout_of(m, l, STRATA_DROPOUT_MLP_PROJ);
+        TIMED(elementwise, strata_dropout_apply(d_small, d_res, &dm, B, (long)T * C));
+        d_branch = d_small;
+    }
+
+    /* MLP: res3 = res2 + c_proj(gelu(c_fc(ln2(res2)))) */
+    memset(d_big, 0, (size_t)BT * 4 * C * sizeof(float));
+    TIMED(matmul,
+          strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B), d_branch,
+                                 a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C, C));
+    TIMED(elementwise, strata_gelu_backward(d_big, a->fch, d_big, BT * 4 * C));
+    memset(d_small, 0, (size_t)BT * C * sizeof(float));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, FC_W), grad(m, l, FC_B), d_big, a->ln2,
+                                         param(m, l, FC_W), BT, C, 4 * C));
+    TIMED(elementwise,
+          strata_layernorm_backward(d_res, grad(m, l, LN2_W), grad(m, l, LN2_B), d_small, a->res2,
+                                    param(m, l, LN2_W), a->ln2_mean, a->ln2_rstd, BT, C));
+
+    /* Attention: res2 = input + c_proj(attn(c_attn(ln1(input)))) */
+    d_branch = d_res;
+    if (drop) {
+        strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
+        TIMED(elementwise, strata_dropout_apply(d_big, d_res, &dp, B, (long)T * C));
+        d_branch = d_big;
+    }
+    memset(d_small, 0, (size_t)BT * C * sizeof(float));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B), d_branch,
+                                         a->atty, param(m, l, PROJ_W), BT, C, C));
+    float *d_qkv = d_big; /* (B,T,3C) fits in the (B,T,4C) scratch, free again */
+    if (!drop) {
+        TIMED(attention,
+              strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B, T, C, NH));
+    } else {
+        strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
+        TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv, a->att,
+                                                           B, T, C, NH, &da));
+    }
+    memset(d_small, 0, (size_t)BT * C * sizeof(float));
+    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, QKV_W), grad(m, l, QKV_B), d_qkv,
+                                         a->ln1, param(m, l, QKV_W), BT, C, 3 * C));
+    TIMED(elementwise, strata_layernorm_backward(
+                           need_dinp ? d_res : NULL, grad(m, l, LN1_W), grad(m, l, LN1_B), d_small,
+                           block_input, param(m, l, LN1_W), a->ln1_mean, a->ln1_rstd, BT, C));
+}
+
+static void gpt2_final_norm_backward(strata_model *model, void *state, const float *dh,
+                                     int need_dinp)
+{
+    gpt2 *m = state;
+    int BT = m->fwd_B * m->fwd_T, C = m->shape.n_embd, L = m->shape.n_layer;
+    const float *final_res = L > 0 ? m->blocks[L - 1].res3 : m->encoded;
+    size_t w = m->tensors[m->n_tensors - 2].offset, b = m->tensors[m->n_tensors - 1].offset;
+    memset(m->d_res, 0, (size_t)BT * C * sizeof(float));
+    TIMED(elementwise,
+          strata_layernorm_backward(need_dinp ? m->d_res : NULL, m->grads + w, m->grads + b, dh,
+                                    final_res, m->params + w, m->lnf_mean, m->lnf_rstd, BT, C));
+}
+
+static void gpt2_block_backward(strata_model *model, void *state, int l, int need_dinp)
+{
+    gpt2 *m = state;
+    block_backward(m, l, l > 0 ? m->blocks[l - 1].res3 : m->encoded, need_dinp);
+}
+
+static void gpt2_embed_backward(strata_model *model, void *state, float *d_tok)
+{
+    gpt2 *m = state;
+    int C = m->shape.n_embd;
+    if (m->fwd_drop) {
+#if STRATA_DROPOUT_RECOMPUTE
+        TIMED(elementwise, dropout_generate_slot(m, 0));
+#endif
+        strata_dropout d = dropout_of(m, -1, STRATA_DROPOUT_EMBED);
+        TIMED(elementwise,
+              strata_dropout_apply(m->d_res, m->d_res, &d, m->fwd_B, (long)m->fwd_T * C));
+    }
+    float *dwpe = m->grads + m->tensors[1].offset;
+    TIMED(elementwise,
+          strata_encoder_backward(d_tok, dwpe, m->d_res, m->inputs, m->fwd_B, m->fwd_T, C));
+}
+
+const strata_family strata_family_gpt2 = {
+    .name = "gpt2",
+    .resolve = gpt2_resolve,
+    .max_tensors = gpt2_max_tensors,
+    .layout = gpt2_layout,
+    .init = gpt2_init,
+    .matmul_params = gpt2_matmul_params,
+    .attention_flops = gpt2_attention_flops,
+    .reserve = gpt2_reserve,
+    .free_state = gpt2_free_state,
+    .state_bytes = gpt2_state_bytes,
+    .embed_forward = gpt2_embed_forward,
+    .block_forward = gpt2_block_forward,
+    .final_norm_forward = gpt2_final_norm_forward,
+    .final_norm_backward = gpt2_final_norm_backward,
+    .block_backward = gpt2_block_backward,
+    .embed_backward = gpt2_embed_backward,
+    .dropout_mask = gpt2_dropout_mask,
+};
