@@ -848,8 +848,8 @@ static int is_shard_name(const char *s)
 {
     unsigned a, b;
     int end = 0;
-    return strlen(s) == 35 && sscanf(s, "model-%5u-of-%5u.safetensors%n", &a, &b, &end) == 2 &&
-           end == 35;
+    return strlen(s) == 32 && sscanf(s, "model-%5u-of-%5u.safetensors%n", &a, &b, &end) == 2 &&
+           end == 32;
 }
 
 /* Removes what an older export left that would shadow or confuse this one. */
