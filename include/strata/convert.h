@@ -27,7 +27,10 @@
  * not in the weights: it comes from the caller, else __metadata__ "n_head",
  * else a config.json beside the file (as Hugging Face stores models).
  * Export writes hub names (no prefix) and n_layer, n_head, n_embd,
- * n_positions and vocab_size in __metadata__.
+ * n_positions and vocab_size in __metadata__. The file itself is parsed and
+ * checked by safetensors.h (F32, BF16 and F16 import) and its tensors mapped
+ * by hf.h's table-driven loader; for whole Hugging Face directories
+ * (config.json, shards, the llama family) see hf.h.
  */
 #ifndef STRATA_CONVERT_H
 #define STRATA_CONVERT_H

@@ -60,7 +60,20 @@ typedef struct strata_model_shape {
     double rope_factor;                                 /* linear and llama3 */
     double rope_low_freq_factor, rope_high_freq_factor; /* llama3 */
     int rope_original_max; /* llama3: original_max_position_embeddings */
+    /* Which Hugging Face model_type within the family (STRATA_VARIANT_*), so
+     * that export writes back the model_type it came from; the architecture
+     * is fully described by the fields above. */
+    int variant;
 } strata_model_shape;
+
+/* Hugging Face model_type within a family; 0 is the family's own name
+ * ("gpt2" for GPT-2, "llama" for the llama family). */
+enum {
+    STRATA_VARIANT_BASE = 0,
+    STRATA_VARIANT_MISTRAL = 1,
+    STRATA_VARIANT_QWEN2 = 2,
+    STRATA_VARIANT_QWEN3 = 3
+};
 
 /* What a tensor is for, so that the trainer, the optimizer's groups,
  * checkpoints and freezing never need its name. */

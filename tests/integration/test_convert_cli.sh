@@ -71,7 +71,7 @@ expect_exit 2 "cut.h5: .*truncated" "$STRATA" export --to safetensors cut.h5 --o
 # Bad usage: exit 2 with a hint.
 expect_exit 2 "import: .*out FILE is required" "$STRATA" import --from llmc "$llmc"
 expect_exit 2 "unknown format 'gguf'" "$STRATA" import --from gguf "$llmc" --out x.h5
-expect_exit 2 "export: .*to llmc.safetensors is required" "$STRATA" export llmc.h5 --out y.bin
+expect_exit 2 "export: .*to llmc.safetensors.hf is required" "$STRATA" export llmc.h5 --out y.bin
 expect_exit 2 "unknown option '--n-head'" "$STRATA" export --to llmc llmc.h5 --out y.bin --n-head 2
 expect_exit 2 "no input file given" "$STRATA" export --to llmc --out y.bin
 expect_exit 2 "import: .*n-head must be > 0" "$STRATA" import --from safetensors "$hf" --n-head x --out x.h5
