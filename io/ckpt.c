@@ -371,6 +371,7 @@ static const arch_field arch_fields[] = {
     ARCH(sliding_window, ARCH_INT),
     ARCH(rope_type, ARCH_INT),
     ARCH(rope_original_max, ARCH_INT),
+    ARCH(variant, ARCH_INT),
     ARCH(norm_eps, ARCH_FLOAT),
     ARCH(rope_theta, ARCH_DOUBLE),
     ARCH(rope_factor, ARCH_DOUBLE),

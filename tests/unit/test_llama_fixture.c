@@ -48,9 +48,9 @@ typedef struct spec {
 } spec;
 
 static const spec SPECS[] = {
-    {"llama_gqa", "llama_gqa"},           {"llama_gqa_sharded", "llama_gqa"},
-    {"qwen2_bias", "qwen2_bias"},         {"qwen3_qknorm", "qwen3_qknorm"},
-    {"llama_bf16", "llama_bf16"},         {"mistral_window", "mistral_window"},
+    {"llama_gqa", "llama_gqa"},   {"llama_gqa_sharded", "llama_gqa"},
+    {"qwen2_bias", "qwen2_bias"}, {"qwen3_qknorm", "qwen3_qknorm"},
+    {"llama_bf16", "llama_bf16"}, {"mistral_window", "mistral_window"},
 };
 
 typedef struct fixture {
@@ -313,9 +313,11 @@ static void every_gradient_matches_pytorch(fixture *x)
     strata_model *m = x->m;
     float *ref = read_tensors(x->file, m, "/grads");
     strata_model_zero_grad(m);
-    strata_model_forward(m, x->inputs, x->targets, x->B, x->T, NULL);
     strata_backward_opts o = {.loss_scale = 1.0f / (float)(x->B * x->T)};
-    strata_model_backward(m, &o);
+    float loss;
+    strata_err e =
+        strata_model_forward_backward(m, x->inputs, x->targets, x->B, x->T, NULL, &loss, &o);
+    assert_int_equal(e.code, 0);
     const float *g = strata_model_grads(m);
     double worst = 0;
     const char *where = "";
@@ -363,9 +365,10 @@ static void adamw_steps_with_clipping_match_pytorch(fixture *x)
     int clipped = 0;
     for (int s = 0; s < x->steps; s++) {
         strata_model_zero_grad(m);
-        strata_model_forward(m, x->inputs, x->targets, x->B, x->T, NULL);
         strata_backward_opts o = {.loss_scale = 1.0f};
-        strata_model_backward(m, &o);
+        float loss;
+        e = strata_model_forward_backward(m, x->inputs, x->targets, x->B, x->T, NULL, &loss, &o);
+        assert_int_equal(e.code, 0);
         const float *g = strata_model_grads(m);
         double norm = sqrt(strata_sum_squares(g, 0, n)) / tokens;
         float clip = 1.0f;
@@ -387,7 +390,13 @@ static void adamw_steps_with_clipping_match_pytorch(fixture *x)
         const strata_tensor *t = strata_model_tensor(m, i);
         char path[160];
         snprintf(path, sizeof path, "/after3/%s", t->name);
-        double tol = fmax(AFTER_RTOL, 4 * dataset_attr_double(x->file, path, "fp32_vs_fp64"));
+        /* A tensor whose update torch's own fp32 and fp64 disagree on by
+         * more than 1e-5 is ill-conditioned (Qwen2's key bias: softmax
+         * ignores a constant shift of the scores, so its gradient is nearly
+         * zero and Adam's normalised step is rounding noise); it gets ten
+         * times torch's own fp32 error. */
+        double own = dataset_attr_double(x->file, path, "fp32_vs_fp64");
+        double tol = fmax(AFTER_RTOL, own > 1e-5 ? 10 * own : 4 * own);
         double err = rel_err(p, after, t->offset, t->offset + t->numel);
         double moved = rel_err(after, x->init, t->offset, t->offset + t->numel);
         if (err >= tol || tol > AFTER_RTOL)
@@ -412,9 +421,11 @@ static void fixture_matches_pytorch(void **state)
     adamw_steps_with_clipping_match_pytorch(x);
 }
 
-#define FIXTURE_TEST(i)                                                                          \
-    {.name = SPECS_NAME_##i, .test_func = fixture_matches_pytorch, .setup_func = load_fixture, \
-     .teardown_func = free_fixture, .initial_state = (void *)&SPECS[i]}
+#define FIXTURE_TEST(i)                                                                            \
+    {                                                                                              \
+        .name = SPECS_NAME_##i, .test_func = fixture_matches_pytorch, .setup_func = load_fixture,  \
+        .teardown_func = free_fixture, .initial_state = (void *)&SPECS[i]                          \
+    }
 #define SPECS_NAME_0 "llama_gqa"
 #define SPECS_NAME_1 "llama_gqa_sharded"
 #define SPECS_NAME_2 "qwen2_bias"
