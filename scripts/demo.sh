@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 scripts/install-deps.sh
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 strata=$root/build/strata
@@ -46,7 +45,7 @@ for replay in 0 5 25; do
   echo "== continuing on code with ${replay}% replay ($ranks MPI ranks)"
   ratio=$(printf '0.%02d' "$replay")
   mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$ranks" -x OMP_NUM_THREADS="$threads" \
-    -x OPENBLAS_CORETYPE "$strata" train --config configs/demo/continue.ini \
+    "$strata" train --config configs/demo/continue.ini \
     --set model.init="$init" --set data.replay_ratio="$ratio" \
     --set checkpoint.dir="$root/runs/demo/replay-$replay/ckpt" \
     --set log.metrics="$root/runs/demo/replay-$replay/metrics.jsonl"

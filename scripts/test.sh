@@ -20,7 +20,6 @@ if [ "${1:-}" = "--sanitize" ]; then
 fi
 
 scripts/install-deps.sh
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 tests/fetch_gpt2_tokenizer.sh >/dev/null
 cmake -S . -B "$build" "${cmake_args[@]}"
 cmake --build "$build" -j"$(nproc)"

@@ -10,6 +10,7 @@
 #include "strata/cli.h"
 #include "strata/comm.h"
 #include "strata/config.h"
+#include "strata/machine.h"
 #include "strata/model.h"
 #include "strata/optim.h"
 #include "strata/perf.h"
@@ -137,6 +138,9 @@ static void print_bench(const strata_model_shape *s, int B, int T, int threads, 
                s->tied ? " tied" : " untied", s->qkv_bias ? " qkv-bias" : "",
                s->qk_norm ? " qk-norm" : "");
     printf("\n");
+    char machine[512];
+    strata_machine_describe(machine, sizeof machine);
+    printf("machine    %s\n", machine);
     printf("step       median %.1f ms over %d steps\n", f.median_s * 1e3, steps);
     printf("throughput %.0f tokens/s\n", tps);
     printf("flops      %.3g per token (6*N_params + 12*L*T*%s)\n", fpt,

@@ -13,6 +13,7 @@
 
 #include "strata/ckpt.h"
 #include "strata/loader.h"
+#include "strata/machine.h"
 #include "strata/metrics.h"
 #include "strata/model.h"
 #include "strata/optim.h"
@@ -113,6 +114,7 @@ static void build_groups(trainer *t, long step)
     const strata_config *c = t->cfg;
     int frozen = frozen_blocks_at(t, step);
     int n = strata_model_n_tensors(t->model);
+    int untied = strata_model_find_role(t->model, STRATA_ROLE_LM_HEAD) != NULL;
     for (int i = 0; i < n; i++) {
         const strata_tensor *ts = strata_model_tensor(t->model, i);
         strata_param_group *g = &t->groups[i];
@@ -131,6 +133,8 @@ static void build_groups(trainer *t, long step)
         /* Feature extraction trains the final norm and the lm head only (the
          * token embedding too when it is the tied head). */
         if (c->train.freeze_all_blocks && ts->role == STRATA_ROLE_POS_EMBED) g->lr_mult = 0;
+        if (c->train.freeze_all_blocks && ts->role == STRATA_ROLE_TOKEN_EMBED && untied)
+            g->lr_mult = 0;
     }
     t->n_groups = n;
 }
@@ -774,6 +778,12 @@ static strata_err write_done_marker(const trainer *t, long step)
  * (end - begin) floats per moment, the whole buffer without ZeRO. */
 static void print_memory(const trainer *t)
 {
+    char machine[512];
+    strata_machine_describe(machine, sizeof machine);
+    const strata_model_shape *s = strata_model_get_shape(t->model);
+    say(t, "model %s: %d layers, %d wide, %d/%d heads of %d, vocab %d, %zu parameters; on %s\n",
+        strata_model_family_name(t->model), s->n_layer, s->n_embd, s->n_head, s->n_kv_head,
+        s->head_dim, s->vocab_size, strata_model_n_params(t->model), machine);
     double mib = 1.0 / (1 << 20), n = (double)t->n_floats * 4;
     double adam = 2.0 * (double)(t->opt.end - t->opt.begin) * 4;
     double acts = (double)strata_model_activation_bytes(t->model);

@@ -11,13 +11,12 @@ cd "$(dirname "$0")/.."
 shard=$(realpath "$1")
 rounds=${2:-1}
 strata=${STRATA:-$PWD/build/strata}
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 work=$(mktemp -d)
 run() { # label np threads [more --set options]
   local label=$1 np=$2 threads=$3
   shift 3
   mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" -x OMP_NUM_THREADS="$threads" \
-    -x OPENBLAS_CORETYPE "$strata" train --config configs/small.ini --set data.new="$shard" \
+    "$strata" train --config configs/small.ini --set data.new="$shard" \
     --set data.replay_ratio=0 --set data.replay= --set train.steps=8 --set train.warmup=1 \
     --set train.global_batch=16 --set train.micro_batch=8 --set log.every=1 \
     --set checkpoint.dir="$work/$label" --set checkpoint.resume=never \

@@ -32,5 +32,4 @@ threads=${3:-${OMP_NUM_THREADS:-2}}
 bin=$build/test_dropout
 [[ -x $bin ]] || { echo "bench_feature_extraction.sh: $bin not built" >&2; exit 2; }
 
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 STRATA_BENCH=feature_extraction STRATA_BENCH_STEPS=$steps OMP_NUM_THREADS=$threads "$bin"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shard=$(realpath "$1")
 strata=${STRATA:-$PWD/build/strata}
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 work=$(mktemp -d)
 for freeze in none blocks:3 all_blocks none blocks:3 all_blocks; do
   "$strata" train --config configs/small.ini --set data.new="$shard" --set data.replay= \

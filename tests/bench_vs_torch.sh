@@ -12,7 +12,6 @@ config=${1:-small}
 rounds=${2:-3}
 torch_script=${TORCH_BENCH:-../shared/bench/torch_gpt2.py}
 strata=${STRATA:-build/strata}
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 # The bench shapes of ../shared/bench/README.md (B = micro_batch per rank),
 # with torch_gpt2.py's warm-up and timed steps.
 case $config in

@@ -9,7 +9,7 @@ strata=$(realpath "${1:-$src/build}")/strata
 work=$(mktemp -d)
 cd "$work"
 "$strata" pack --tokenizer byte --val-fraction 0.1 --out english /usr/share/common-licenses/* >/dev/null
-OMP_NUM_THREADS=1 OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} valgrind --error-exitcode=9 \
+OMP_NUM_THREADS=1 valgrind --error-exitcode=9 \
   --leak-check=full --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
   --suppressions="$src/tests/valgrind.supp" "$strata" train --config "$src/configs/tiny.ini" \
   --set data.new="$work/english.h5" --set eval.val.path="$work/english.val.h5" \

@@ -7,10 +7,17 @@ set -euo pipefail
 rm -rf "$STRATA_WORK"
 mkdir -p "$STRATA_WORK"
 cd "$STRATA_WORK"
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PYTHON=/usr/bin/python3 # Debian's, with h5py and numpy (not a pyenv one on PATH)
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
+
+# FAMILY=llama runs a test's configs as the llama family (tests/integration/
+# test_llama_family.sh does): apply_family adds these keys to the [model]
+# section of a config, every llama feature switched on.
+apply_family() { # config.ini
+  [ "${FAMILY:-gpt2}" = llama ] || return 0
+  sed -i '/^\[model\]/a family = llama\nn_kv_head = 1\nffn_dim = 96\ntied = false\nqkv_bias = true\nqk_norm = true\nrope_theta = 10000' "$1"
+}
 
 fail() {
   echo "FAIL: $*" >&2

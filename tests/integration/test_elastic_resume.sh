@@ -30,6 +30,7 @@ every = 10
 keep = 0
 resume = auto
 EOF2
+apply_family run.ini
 "${MPIRUN[@]}" -np 2 "$STRATA" train --config run.ini --set checkpoint.dir=ref > ref.log 2>&1 || fail "reference: $(tail -3 ref.log)"
 for np in 1 4; do
   for zero in 0 1; do

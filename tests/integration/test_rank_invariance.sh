@@ -35,6 +35,7 @@ bucket_mb = 0.01
 dir = ckpt
 resume = never
 EOF2
+apply_family run.ini
 
 # The gradient buckets are driven by a progress thread (the default) or by
 # MPI_Test calls from backward (comm_thread = false): same sums either way.

@@ -34,6 +34,7 @@ resume = auto
 [log]
 every = 1
 EOF2
+apply_family run.ini
 
 train() { # dir [more args]
   local dir=$1

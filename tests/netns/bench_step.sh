@@ -7,7 +7,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 strata=$(realpath "${1:-$src/build/strata}")
 C=$src/tests/netns/cluster.sh
 export STRATA_NETNS_PREFIX=strata-b$$ STRATA_NETNS_DIR=/tmp/strata-b$$-netns
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell} OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1
 work=$(mktemp -d)
 trap '"$C" down >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 cd "$work"
