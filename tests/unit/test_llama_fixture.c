@@ -313,9 +313,12 @@ static void every_gradient_matches_pytorch(fixture *x)
     strata_model *m = x->m;
     float *ref = read_tensors(x->file, m, "/grads");
     strata_model_zero_grad(m);
-    strata_model_forward(m, x->inputs, x->targets, x->B, x->T, NULL);
     strata_backward_opts o = {.loss_scale = 1.0f / (float)(x->B * x->T)};
-    strata_model_backward(m, &o);
+    float loss_unused;
+    assert_int_equal(strata_model_forward_backward(m, x->inputs, x->targets, x->B, x->T, NULL,
+                                                   &loss_unused, &o)
+                         .code,
+                     0);
     const float *g = strata_model_grads(m);
     double worst = 0;
     const char *where = "";
@@ -363,9 +366,12 @@ static void adamw_steps_with_clipping_match_pytorch(fixture *x)
     int clipped = 0;
     for (int s = 0; s < x->steps; s++) {
         strata_model_zero_grad(m);
-        strata_model_forward(m, x->inputs, x->targets, x->B, x->T, NULL);
         strata_backward_opts o = {.loss_scale = 1.0f};
-        strata_model_backward(m, &o);
+        float loss_unused;
+        assert_int_equal(strata_model_forward_backward(m, x->inputs, x->targets, x->B, x->T,
+                                                       NULL, &loss_unused, &o)
+                             .code,
+                         0);
         const float *g = strata_model_grads(m);
         double norm = sqrt(strata_sum_squares(g, 0, n)) / tokens;
         float clip = 1.0f;
