@@ -7,6 +7,8 @@
 #    params + grads + Adam state;
 #  - peak RSS is within 1.3x of params + grads + Adam + reported activations.
 . "$(dirname "$0")/lib.sh"
+# One step of 2.5 TFLOP at T=2048: both cores.
+export OMP_NUM_THREADS=2
 
 for T in 512 2048; do
   "$STRATA" bench --config "$STRATA_SOURCE_DIR/configs/smollm2-135m.ini" --set data.seq_len=$T \
