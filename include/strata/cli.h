@@ -11,6 +11,7 @@
 #include "strata/err.h"
 
 int strata_cli_pack(int argc, char **argv);
+int strata_cli_tokenize(int argc, char **argv);
 int strata_cli_inspect(int argc, char **argv);
 int strata_cli_train(int argc, char **argv);
 int strata_cli_eval(int argc, char **argv);
