@@ -28,9 +28,6 @@ static int bad_usage(const char *msg, const char *arg)
     return STRATA_EINPUT;
 }
 
-/* Loads the tokenizer named on the command line (as `strata pack` does). */
-strata_err strata_cli_load_tokenizer(strata_tokenizer **tok, const char *name, const char *vocab,
-                                     const char *merges);
 strata_err strata_cli_load_tokenizer(strata_tokenizer **tok, const char *name, const char *vocab,
                                      const char *merges)
 {
