@@ -337,6 +337,10 @@ struct strata_hf {
     int n_norm, has_nfc;
     pre_step pre[MAX_PRE];
     int n_pre;
+    /* No pre-tokenizer, but no token holds U+2581 after another character:
+     * cutting before each "▁" that follows something else changes nothing,
+     * so segments are merged word by word (and cached) instead of whole. */
+    int cut_at_metaspace;
     dec_step dec[MAX_DEC];
     int n_dec, has_decoder;
 
@@ -1704,6 +1708,24 @@ static strata_err flush(strata_hf *h, int lag, strata_tokens *out)
 {
     buf *nb = &h->norm_buf;
     if (!nb->n) return strata_ok();
+    if (!h->n_pre && h->cut_at_metaspace) {
+        /* words: cut before each "▁" that does not follow another; every word
+         * but the last is final (the last may still grow) */
+        static const char ms[] = "\xE2\x96\x81";
+        size_t start = 0;
+        for (size_t i = 1; i + 3 <= nb->n; i++) {
+            if (memcmp(nb->p + i, ms, 3) || (i >= 3 && !memcmp(nb->p + i - 3, ms, 3))) continue;
+            STRATA_TRY(model_piece(h, nb->p + start, i - start, out));
+            start = i;
+        }
+        if (!lag) {
+            STRATA_TRY(model_piece(h, nb->p + start, nb->n - start, out));
+            start = nb->n;
+        }
+        memmove(nb->p, nb->p + start, nb->n - start);
+        nb->n -= start;
+        return strata_ok();
+    }
     if (!h->n_pre) {
         if (lag) return strata_ok();
         STRATA_TRY(model_piece(h, nb->p, nb->n, out));
@@ -2050,6 +2072,16 @@ static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
                added_id(h, "</s>", &id)) {
         h->lead[h->n_lead++] = id;
         h->eos = (int)id;
+    }
+    if (!h->n_pre && !h->byte_level && stab_get(&h->vocab, "\xE2\x96\x81", 3, &id)) {
+        h->cut_at_metaspace = 1;
+        for (int t = 0; t < h->vocab_size && h->cut_at_metaspace; t++) {
+            const char *ts = h->tstr[t];
+            if (!ts) continue;
+            size_t tl = h->tstr_len[t], k = 0;
+            while (k + 3 <= tl && !memcmp(ts + k, "\xE2\x96\x81", 3)) k += 3;
+            if (k < tl && memmem(ts + k, tl - k, "\xE2\x96\x81", 3)) h->cut_at_metaspace = 0;
+        }
     }
     e = make_surfaces(h);
 done:
