@@ -11,10 +11,11 @@
 
 static const char usage[] =
     "usage: strata tokenize --tokenizer byte|gpt2|PATH/tokenizer.json\n"
-    "                       [--vocab encoder.json --merges vocab.bpe] [--decode|--info] FILE\n"
+    "                       [--vocab encoder.json --merges vocab.bpe] [--decode|--info] FILE...\n"
     "\n"
-    "Encodes FILE as one document (no boundary tokens) and prints its ids, one\n"
-    "per line. --decode reads ids (whitespace-separated) from FILE and writes\n"
+    "Encodes each FILE as one document (no boundary tokens) and prints the ids,\n"
+    "one per line, file after file. --decode reads ids (whitespace-separated) from FILE and "
+    "writes\n"
     "their bytes to stdout. --info prints the tokenizer's name, vocab_size, BOS,\n"
     "EOS, identity (SHA-256 of tokenizer.json) and the boundary tokens pack uses.\n";
 
@@ -138,8 +139,10 @@ static void print_ids(const char *what, const uint32_t *ids, size_t n)
 
 int strata_cli_tokenize(int argc, char **argv)
 {
-    const char *tokenizer = NULL, *vocab = NULL, *merges = NULL, *file = NULL;
-    int decode = 0, info = 0;
+    const char *tokenizer = NULL, *vocab = NULL, *merges = NULL;
+    const char **files = calloc((size_t)argc + 1, sizeof *files);
+    int decode = 0, info = 0, n_files = 0;
+    if (!files) return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = !strcmp(a, "--tokenizer") ? &tokenizer
@@ -147,9 +150,13 @@ int strata_cli_tokenize(int argc, char **argv)
                             : !strcmp(a, "--merges")  ? &merges
                                                       : NULL;
         if (slot) {
-            if (i + 1 >= argc) return bad_usage(a, " needs a value");
+            if (i + 1 >= argc) {
+                free(files);
+                return bad_usage(a, " needs a value");
+            }
             *slot = argv[++i];
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            free(files);
             fputs(usage, stdout);
             return 0;
         } else if (!strcmp(a, "--decode")) {
@@ -157,18 +164,26 @@ int strata_cli_tokenize(int argc, char **argv)
         } else if (!strcmp(a, "--info")) {
             info = 1;
         } else if (a[0] == '-' && a[1]) {
+            free(files);
             return bad_usage("unknown option ", a);
-        } else if (file) {
-            return bad_usage("one FILE only; got another: ", a);
         } else {
-            file = a;
+            files[n_files++] = a;
         }
     }
-    if (!tokenizer) return bad_usage("--tokenizer is required", "");
-    if (!file && !info) return bad_usage("no input FILE", "");
+    const char *why = !tokenizer              ? "--tokenizer is required"
+                      : !n_files && !info     ? "no input FILE"
+                      : decode && n_files > 1 ? "--decode reads one FILE"
+                                              : NULL;
+    if (why) {
+        free(files);
+        return bad_usage(why, "");
+    }
     strata_tokenizer *tok = NULL;
     strata_err e = strata_cli_load_tokenizer(&tok, tokenizer, vocab, merges);
-    if (e.code) return fail(e);
+    if (e.code) {
+        free(files);
+        return fail(e);
+    }
     if (info) {
         const uint32_t *lead, *tail;
         size_t nl, nt;
@@ -181,8 +196,10 @@ int strata_cli_tokenize(int argc, char **argv)
         print_ids("doc_lead", lead, nl);
         print_ids("doc_tail", tail, nt);
     } else {
-        e = decode ? decode_file(tok, file, stdout) : encode_file(tok, file, stdout);
+        for (int i = 0; i < n_files && !e.code; i++)
+            e = decode ? decode_file(tok, files[i], stdout) : encode_file(tok, files[i], stdout);
     }
+    free(files);
     strata_tokenizer_free(tok);
     return e.code ? fail(e) : 0;
 }
