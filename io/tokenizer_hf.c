@@ -359,6 +359,9 @@ struct strata_hf {
     buf lvl[MAX_PRE]; /* per pre-tokenizer stage: edited piece text */
     span *spans[MAX_PRE + 1];
     size_t spans_cap[MAX_PRE + 1];
+    span *parts; /* split_spans' scratch */
+    size_t parts_cap;
+    int pcre_rc; /* PCRE2's code of a failed match */
 
     /* BPE */
     stab cache;
@@ -413,6 +416,7 @@ void strata_hf_free(strata_hf *h)
         free(h->lvl[i].p);
     }
     for (int i = 0; i <= MAX_PRE; i++) free(h->spans[i]);
+    free(h->parts);
     for (int i = 0; i < h->n_dec; i++) free(h->dec[i].a), free(h->dec[i].b);
     pcre2_match_context_free(h->mctx);
     pcre2_jit_stack_free(h->jit_stack);
@@ -954,6 +958,12 @@ static strata_err scan_ids(strata_hf *h, const json_t *vocab, const json_t *adde
     return strata_ok();
 }
 
+static const char *merge_path(char buf[64], size_t i)
+{
+    snprintf(buf, 64, "model.merges[%zu]", i);
+    return buf;
+}
+
 static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, int u2b[324])
 {
     json_t *vocab = json_object_get(model, "vocab");
@@ -1021,8 +1031,7 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
     buf cat = {0};
     strata_err e = strata_ok();
     for (size_t i = 0; i < nm && !e.code; i++) {
-        char mp[64];
-        snprintf(mp, sizeof mp, "model.merges[%zu]", i);
+        char mp[64]; /* the JSON path, written only for a message */
         json_t *m = json_array_get(merges, i);
         const char *a, *b;
         size_t la, lb;
@@ -1030,7 +1039,7 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
             a = json_string_value(m);
             const char *sp = memchr(a, ' ', json_string_length(m));
             if (!sp || memchr(sp + 1, ' ', json_string_length(m) - (size_t)(sp + 1 - a))) {
-                e = bad(h, mp, "a merge must be two tokens separated by one space");
+                e = bad(h, merge_path(mp, i), "a merge must be two tokens separated by one space");
                 break;
             }
             la = (size_t)(sp - a);
@@ -1043,7 +1052,7 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
             b = json_string_value(json_array_get(m, 1));
             lb = json_string_length(json_array_get(m, 1));
         } else {
-            e = bad(h, mp, "a merge must be \"a b\" or [\"a\", \"b\"]");
+            e = bad(h, merge_path(mp, i), "a merge must be \"a b\" or [\"a\", \"b\"]");
             break;
         }
         uint32_t ia, ib, iab;
@@ -1053,12 +1062,13 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
             break;
         }
         if (!stab_get(by_str, a, la, &ia) || !stab_get(by_str, b, lb, &ib)) {
-            e = bad(h, mp, "token \"%.60s\" is not in model.vocab",
+            e = bad(h, merge_path(mp, i), "token \"%.60s\" is not in model.vocab",
                     stab_get(by_str, a, la, &ia) ? b : a);
             break;
         }
         if (!stab_get(by_str, cat.p, cat.n, &iab)) {
-            e = bad(h, mp, "merged token \"%.60s%.60s\" is not in model.vocab", a, b);
+            e = bad(h, merge_path(mp, i), "merged token \"%.60s%.60s\" is not in model.vocab", a,
+                    b);
             break;
         }
         /* a pair listed twice keeps its last rank, as the Rust crate's map does */
@@ -1357,14 +1367,27 @@ static strata_err make_surfaces(strata_hf *h)
     h->surf_len = calloc((size_t)h->vocab_size, sizeof *h->surf_len);
     if (!h->surf_off || !h->surf_len) return oom();
     buf all = {0};
+    /* the usual byte-level decoder alone: no list to build */
+    int just_bytes = h->n_dec == 1 && h->dec[0].type == DC_BYTELEVEL;
     for (int id = 0; id < h->vocab_size; id++) {
         if (!h->tstr[id]) continue;
         size_t before = all.n;
         uint32_t u = (uint32_t)id;
-        strata_err e = decode_list(h, &u, 1, 1, &all);
-        if (e.code) {
-            free(all.p);
-            return e;
+        if (just_bytes) {
+            if (grow((void **)&all.p, &all.cap, all.n + h->tstr_len[id] + 1, 1)) return oom();
+            long nb = unbyte(h->tstr[id], h->tstr_len[id], h->u2b, all.p + all.n);
+            if (nb >= 0) {
+                all.n += (size_t)nb;
+            } else {
+                memcpy(all.p + all.n, h->tstr[id], h->tstr_len[id]);
+                all.n += h->tstr_len[id];
+            }
+        } else {
+            strata_err e = decode_list(h, &u, 1, 1, &all);
+            if (e.code) {
+                free(all.p);
+                return e;
+            }
         }
         h->surf_off[id] = (uint32_t)before;
         h->surf_len[id] = (uint32_t)(all.n - before);
@@ -1447,20 +1470,21 @@ static long merge_symbols(strata_hf *h, size_t m)
     return k;
 }
 
+enum { HF_OOM = 1, HF_LONG = 2, HF_REGEX = 3 }; /* internal failures of the hot path */
+
 /* Appends the ids of one piece (from the cache when seen before). */
-static strata_err model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_tokens *out)
+/* Returns 0, or HF_OOM, HF_LONG. */
+static int model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_tokens *out)
 {
-    if (!n) return strata_ok();
-    if (n >= INT32_MAX)
-        return strata_errorf(STRATA_EINPUT, "tokenizer: a piece of 2 GiB or more cannot be merged");
+    if (!n) return 0;
+    if (n >= INT32_MAX) return HF_LONG;
     uint32_t id;
-    if (h->ignore_merges && stab_get(&h->vocab, s, n, &id))
-        return push_ids(out, &id, 1) ? oom() : strata_ok();
     uint64_t hash = 0;
+    /* the cache first: it also holds the pieces ignore_merges emits whole */
     if (n <= CACHE_MAX_PIECE) {
         hash = hash_bytes(s, n);
         stab_slot *hit = stab_find(&h->cache, s, n, hash);
-        if (hit) return push_ids(out, h->cache_ids + hit->v0, hit->v1) ? oom() : strata_ok();
+        if (hit) return push_ids(out, h->cache_ids + hit->v0, hit->v1) ? HF_OOM : 0;
     }
     if (n > h->scratch_cap) {
         size_t cap = n < 64 ? 64 : 2 * n;
@@ -1470,10 +1494,17 @@ static strata_err model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_t
         if (p) h->prev = p;
         int32_t *q = p ? realloc(h->next, cap * sizeof *q) : NULL;
         if (q) h->next = q;
-        if (!q) return oom();
+        if (!q) return HF_OOM;
         h->scratch_cap = cap;
     }
     size_t m = 0;
+    long w;
+    if (h->ignore_merges && stab_get(&h->vocab, s, n, &id)) {
+        if (grow((void **)&h->word, &h->word_cap, 1, sizeof *h->word)) return HF_OOM;
+        h->word[0] = id;
+        w = 1;
+        goto merged;
+    }
     if (h->byte_level) {
         for (size_t i = 0; i < n; i++) h->sym[m++] = h->byte_id[s[i]];
     } else {
@@ -1500,9 +1531,10 @@ static strata_err model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_t
             i += k;
         }
     }
-    long w = merge_symbols(h, m);
-    if (w < 0 || push_ids(out, h->word, (size_t)w)) return oom();
-    if (n > CACHE_MAX_PIECE) return strata_ok();
+    w = merge_symbols(h, m);
+merged:
+    if (w < 0 || push_ids(out, h->word, (size_t)w)) return HF_OOM;
+    if (n > CACHE_MAX_PIECE) return 0;
     if (h->cache.n >= CACHE_MAX_ENTRIES) {
         memset(h->cache.slots, 0, h->cache.cap * sizeof *h->cache.slots);
         h->cache.n = 0;
@@ -1511,14 +1543,14 @@ static strata_err model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_t
     }
     if (grow((void **)&h->cache_ids, &h->cache_ids_cap, h->cache_ids_n + (size_t)w + 1,
              sizeof *h->cache_ids))
-        return oom();
+        return HF_OOM;
     stab_slot *slot = stab_add(&h->cache, s, n, hash);
-    if (!slot) return oom();
+    if (!slot) return HF_OOM;
     slot->v0 = (uint32_t)h->cache_ids_n;
     slot->v1 = (uint32_t)w;
     memcpy(h->cache_ids + h->cache_ids_n, h->word, (size_t)w * sizeof *h->word);
     h->cache_ids_n += (size_t)w;
-    return strata_ok();
+    return 0;
 }
 
 /* ---- pre-tokenizers ------------------------------------------------------------------------ */
@@ -1543,8 +1575,8 @@ static int add_span(span **sp, size_t *cap, size_t *n, size_t off, size_t len, i
 static int split_spans(strata_hf *h, const pre_step *st, int level, const uint8_t *s, size_t n,
                        size_t *count)
 {
-    span *parts = NULL;
-    size_t np = 0, pcap = 0, prev = 0;
+    span *parts = h->parts;
+    size_t np = 0, pcap = h->parts_cap, prev = 0;
     int rc = 0;
 #define PART(a, b, m)                                                                              \
     do {                                                                                           \
@@ -1655,36 +1687,42 @@ static int split_spans(strata_hf *h, const pre_step *st, int level, const uint8_
     }
     *count = m;
 out:
-    free(parts);
+    h->parts = parts;
+    h->parts_cap = pcap;
     return rc;
 }
 
-static strata_err regex_error(int rc)
+/* The error value of a failure of the hot path (rc: HF_*; pcre: PCRE2's code). */
+static strata_err hf_error(int rc, int pcre)
 {
-    if (rc == -1) return oom();
+    if (rc == HF_OOM) return oom();
+    if (rc == HF_LONG)
+        return strata_errorf(STRATA_EINPUT, "tokenizer: a piece of 2 GiB or more cannot be merged");
     char msg[256];
-    pcre2_get_error_message(rc, (PCRE2_UCHAR *)msg, sizeof msg);
+    pcre2_get_error_message(pcre, (PCRE2_UCHAR *)msg, sizeof msg);
     return strata_errorf(STRATA_EFAIL, "tokenizer: regex match failed: %s", msg);
 }
 
 /* Runs pre-tokenizer stage k (k >= 1) and everything after it on one piece. */
-static strata_err run_stage(strata_hf *h, int k, const uint8_t *s, size_t n, int at_doc_start,
-                            strata_tokens *out)
+static int run_stage(strata_hf *h, int k, const uint8_t *s, size_t n, int at_doc_start,
+                     strata_tokens *out)
 {
     if (k == h->n_pre) return model_piece(h, s, n, out);
     const pre_step *st = &h->pre[k];
     buf *l = &h->lvl[k];
+    if (st->type == PT_BYTELEVEL && !st->re && !st->add_prefix_space)
+        return run_stage(h, k + 1, s, n, at_doc_start, out); /* bytes only: nothing to split */
     if (st->type == PT_BYTELEVEL && st->add_prefix_space && (!n || s[0] != ' ')) {
         l->n = 0;
-        if (buf_put(l, " ", 1) || buf_put(l, s, n)) return oom();
+        if (buf_put(l, " ", 1) || buf_put(l, s, n)) return HF_OOM;
         s = l->p;
         n = l->n;
     } else if (st->type == PT_METASPACE) {
         l->n = 0;
-        if (buf_put(l, s, n) || replace_all(l, " ", 1, st->rep, st->rep_len)) return oom();
+        if (buf_put(l, s, n) || replace_all(l, " ", 1, st->rep, st->rep_len)) return HF_OOM;
         int pre = st->scheme == PS_ALWAYS || (st->scheme == PS_FIRST && at_doc_start);
         if (pre && (l->n < st->rep_len || memcmp(l->p, st->rep, st->rep_len))) {
-            if (buf_put(l, st->rep, st->rep_len)) return oom();
+            if (buf_put(l, st->rep, st->rep_len)) return HF_OOM;
             memmove(l->p + st->rep_len, l->p, l->n - st->rep_len);
             memcpy(l->p, st->rep, st->rep_len);
         }
@@ -1693,12 +1731,17 @@ static strata_err run_stage(strata_hf *h, int k, const uint8_t *s, size_t n, int
     }
     size_t cnt = 0;
     int rc = split_spans(h, st, k, s, n, &cnt);
-    if (rc) return regex_error(rc);
+    if (rc == -1) return HF_OOM;
+    if (rc) {
+        h->pcre_rc = rc;
+        return HF_REGEX;
+    }
     for (size_t i = 0; i < cnt; i++) {
         span p = h->spans[k][i];
-        STRATA_TRY(run_stage(h, k + 1, s + p.off, p.len, at_doc_start && p.off == 0, out));
+        rc = run_stage(h, k + 1, s + p.off, p.len, at_doc_start && p.off == 0, out);
+        if (rc) return rc;
     }
-    return strata_ok();
+    return 0;
 }
 
 /* Pre-tokenizes the normalised text held in norm_buf. With lag, the last two
@@ -1707,6 +1750,7 @@ static strata_err run_stage(strata_hf *h, int k, const uint8_t *s, size_t n, int
 static strata_err flush(strata_hf *h, int lag, strata_tokens *out)
 {
     buf *nb = &h->norm_buf;
+    int rc;
     if (!nb->n) return strata_ok();
     if (!h->n_pre && h->cut_at_metaspace) {
         /* words: cut before each "▁" that does not follow another; every word
@@ -1715,11 +1759,11 @@ static strata_err flush(strata_hf *h, int lag, strata_tokens *out)
         size_t start = 0;
         for (size_t i = 1; i + 3 <= nb->n; i++) {
             if (memcmp(nb->p + i, ms, 3) || (i >= 3 && !memcmp(nb->p + i - 3, ms, 3))) continue;
-            STRATA_TRY(model_piece(h, nb->p + start, i - start, out));
+            if ((rc = model_piece(h, nb->p + start, i - start, out))) return hf_error(rc, 0);
             start = i;
         }
         if (!lag) {
-            STRATA_TRY(model_piece(h, nb->p + start, nb->n - start, out));
+            if ((rc = model_piece(h, nb->p + start, nb->n - start, out))) return hf_error(rc, 0);
             start = nb->n;
         }
         memmove(nb->p, nb->p + start, nb->n - start);
@@ -1728,19 +1772,20 @@ static strata_err flush(strata_hf *h, int lag, strata_tokens *out)
     }
     if (!h->n_pre) {
         if (lag) return strata_ok();
-        STRATA_TRY(model_piece(h, nb->p, nb->n, out));
+        if ((rc = model_piece(h, nb->p, nb->n, out))) return hf_error(rc, 0);
         nb->n = 0;
         h->norm_at_doc_start = 0;
         return strata_ok();
     }
     size_t cnt = 0;
-    int rc = split_spans(h, &h->pre[0], MAX_PRE, nb->p, nb->n, &cnt);
-    if (rc) return regex_error(rc);
+    rc = split_spans(h, &h->pre[0], MAX_PRE, nb->p, nb->n, &cnt);
+    if (rc) return hf_error(rc == -1 ? HF_OOM : HF_REGEX, rc);
     size_t emit = lag ? (cnt > 2 ? cnt - 2 : 0) : cnt;
     /* spans[MAX_PRE] is stage 0's list: later stages have their own */
     for (size_t i = 0; i < emit; i++) {
         span p = h->spans[MAX_PRE][i];
-        STRATA_TRY(run_stage(h, 1, nb->p + p.off, p.len, h->norm_at_doc_start && p.off == 0, out));
+        rc = run_stage(h, 1, nb->p + p.off, p.len, h->norm_at_doc_start && p.off == 0, out);
+        if (rc) return hf_error(rc, h->pcre_rc);
     }
     size_t used = !lag   ? nb->n
                   : emit ? h->spans[MAX_PRE][emit - 1].off + h->spans[MAX_PRE][emit - 1].len
@@ -2050,9 +2095,10 @@ static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
     h->vocab_size = (int)max_id + 1;
     h->tstr = calloc((size_t)h->vocab_size, sizeof *h->tstr);
     h->tstr_len = calloc((size_t)h->vocab_size, sizeof *h->tstr_len);
-    if (!h->tstr || !h->tstr_len || stab_init(&by_str, 1u << 16) ||
-        stab_init(&h->vocab, 1u << 16) || stab_init(&h->added_tab, 64) ||
-        stab_init(&h->cache, 1u << 12)) {
+    size_t tab = 64; /* sized for the vocabulary: no rehash while loading */
+    while (tab < 2 * ((size_t)h->vocab_size + 1)) tab *= 2;
+    if (!h->tstr || !h->tstr_len || stab_init(&by_str, tab) || stab_init(&h->vocab, tab) ||
+        stab_init(&h->added_tab, 64) || stab_init(&h->cache, 1u << 12)) {
         e = oom();
         goto done;
     }
