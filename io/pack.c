@@ -93,7 +93,8 @@ static strata_err sink_append(sink *s, const uint32_t *ids, size_t n)
 
 typedef struct packer {
     strata_tokenizer *tok;
-    int eot;
+    const uint32_t *lead, *tail; /* boundary tokens before and after each document */
+    size_t n_lead, n_tail;
     sink train, val;
     /* A document's tokens go to train until `split` tokens of it have been
      * sent, then to val (single-file validation split; INT64_MAX otherwise). */
@@ -120,14 +121,12 @@ static strata_err route(packer *p, const uint32_t *ids, size_t n)
     return sink_append(p->to, ids, n);
 }
 
-/* Reads the document at path and hands its tokens (EOT first) to emit. */
+/* Reads the document at path and hands its tokens (boundary tokens
+ * first and last) to emit. */
 static strata_err tokenize_file(packer *p, const char *path, int fd,
                                 strata_err (*emit)(packer *, const uint32_t *, size_t))
 {
-    if (p->eot >= 0) {
-        uint32_t eot = (uint32_t)p->eot;
-        STRATA_TRY(emit(p, &eot, 1));
-    }
+    if (p->n_lead) STRATA_TRY(emit(p, p->lead, p->n_lead));
     size_t have = 0; /* bytes in buf not yet tokenized */
     for (int eof = 0; !eof;) {
         if (p->buf_cap - have < READ_BLOCK) {
@@ -151,6 +150,7 @@ static strata_err tokenize_file(packer *p, const char *path, int fd,
         memmove(p->buf, p->buf + used, have - used);
         have -= used;
     }
+    if (p->n_tail) STRATA_TRY(emit(p, p->tail, p->n_tail));
     return strata_ok();
 }
 
@@ -193,7 +193,7 @@ static strata_err pack_one(packer *p, const char *path, sink *dest, double val_f
         int is_byte = !strcmp(strata_tokenizer_name(p->tok), "byte");
         if (is_byte && !fstat(fd, &st)) {
             /* one token per byte: the split is known before reading */
-            int64_t n = (int64_t)st.st_size + (p->eot >= 0);
+            int64_t n = (int64_t)st.st_size + (int64_t)(p->n_lead + p->n_tail);
             if (n < 2)
                 e = strata_errorf(STRATA_EINPUT, "%s: too short to split off validation tokens",
                                   path);
@@ -291,12 +291,15 @@ strata_err strata_pack(strata_tokenizer *tok, const strata_pack_opts *o, const c
     memset(stats, 0, sizeof *stats);
     STRATA_TRY(check_inputs(o, files, n_files));
 
-    packer p = {.tok = tok, .eot = strata_tokenizer_eot(tok)};
+    packer p = {.tok = tok};
+    strata_tokenizer_doc_tokens(tok, &p.lead, &p.n_lead, &p.tail, &p.n_tail);
     strata_shard_writer_opts wo = {
         .vocab_size = strata_tokenizer_vocab_size(tok),
-        .eot_token = p.eot,
+        .eot_token = strata_tokenizer_eot(tok),
         .tokenizer = strata_tokenizer_name(tok),
         .deflate = o->deflate,
+        .tokenizer_hash = strata_tokenizer_hash(tok),
+        .bos_token = strata_tokenizer_bos(tok),
     };
     p.train = (sink){.prefix = o->out_prefix,
                      .suffix = o->shard_tokens ? NULL : ".h5",

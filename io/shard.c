@@ -1151,6 +1151,28 @@ static strata_err open_checked(strata_shard *s)
     s->info.vocab_size = (int)vocab;
     s->info.eot_token = (int)eot;
     snprintf(s->info.tokenizer, sizeof s->info.tokenizer, "%s", tok);
+    /* optional: written for Hugging Face tokenizers only */
+    s->info.bos_token = -1;
+    s->info.tokenizer_hash[0] = 0;
+    if (H5Aexists(s->dset, "tokenizer_hash") > 0) {
+        char hash[80];
+        STRATA_TRY(read_str_attr(s->dset, path, "tokenizer_hash", hash, sizeof hash));
+        if (strlen(hash) != 64 || strspn(hash, "0123456789abcdef") != 64)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: tokenizer_hash attribute is '%s', expected 64 hex digits",
+                                 path, shown(hash, sb, sizeof sb));
+        memcpy(s->info.tokenizer_hash, hash, 65);
+    }
+    if (H5Aexists(s->dset, "bos_token") > 0) {
+        int64_t bos = 0;
+        STRATA_TRY(read_int_attr(s->dset, path, "bos_token", &bos));
+        if (bos < -1 || bos >= vocab)
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: bos_token attribute is %" PRId64
+                                 ", expected -1 or 0 .. %" PRId64,
+                                 path, bos, vocab - 1);
+        s->info.bos_token = (int)bos;
+    }
 
     htri_t has_docs = H5Lexists(s->file, "/doc_offsets", H5P_DEFAULT);
     if (has_docs < 0)
@@ -1215,6 +1237,8 @@ strata_err strata_shard_open(strata_shard **out, const char *path)
 const strata_shard_info *strata_shard_get_info(const strata_shard *s) { return &s->info; }
 
 const char *strata_shard_path(const strata_shard *s) { return s->path; }
+
+const char *strata_shard_tokenizer_hash(const strata_shard *s) { return s->info.tokenizer_hash; }
 
 int64_t strata_shard_n_samples(const strata_shard *s, int T)
 {

@@ -10,9 +10,9 @@
  *
  * On disk: /tokens uint16 (vocab_size <= 65536) or uint32, little-endian,
  * 1-D, chunked, optionally shuffle+deflate; its attributes vocab_size and
- * eot_token are 64-bit integers, tokenizer and format fixed-length
- * NUL-terminated ASCII strings; /doc_offsets uint64 when any document was
- * started.
+ * eot_token (and bos_token) are 64-bit integers, tokenizer, format (and
+ * tokenizer_hash) fixed-length NUL-terminated ASCII strings; /doc_offsets uint64 when any document
+ * was started.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +32,8 @@ struct strata_shard_writer {
     hid_t file, tokens; /* tokens < 0 until the first chunk is written */
     int vocab_size, eot_token, deflate, wide;
     char tokenizer[16];
+    char hash[65]; /* "" = not written */
+    int bos_token;
     int64_t chunk;   /* tokens per chunk, and per buffer */
     void *buf;       /* uint16_t or uint32_t [chunk] */
     int64_t buf_n;   /* tokens in buf */
@@ -120,6 +122,14 @@ strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
                              path, o->tokenizer);
     if (o->deflate < 0 || o->deflate > 9)
         return strata_errorf(STRATA_EINPUT, "%s: deflate level %d is not 0..9", path, o->deflate);
+    int has_hash = o->tokenizer_hash && *o->tokenizer_hash;
+    if (has_hash &&
+        (strlen(o->tokenizer_hash) != 64 || strspn(o->tokenizer_hash, "0123456789abcdef") != 64))
+        return strata_errorf(STRATA_EINPUT, "%s: tokenizer hash '%.80s' is not 64 hex digits", path,
+                             o->tokenizer_hash);
+    if (has_hash && (o->bos_token < -1 || o->bos_token >= o->vocab_size))
+        return strata_errorf(STRATA_EINPUT, "%s: bos_token %d is not -1 or below vocab_size %d",
+                             path, o->bos_token, o->vocab_size);
     if (o->chunk_tokens < 0 || o->chunk_tokens > ((int64_t)1 << 28))
         return strata_errorf(STRATA_EINPUT, "%s: chunk of %lld tokens is not 0..2^28", path,
                              (long long)o->chunk_tokens);
@@ -136,6 +146,10 @@ strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
     w->deflate = o->deflate;
     w->wide = o->vocab_size > 65536;
     strcpy(w->tokenizer, o->tokenizer);
+    if (has_hash) {
+        strcpy(w->hash, o->tokenizer_hash);
+        w->bos_token = o->bos_token;
+    }
     w->chunk = o->chunk_tokens ? o->chunk_tokens : DEFAULT_CHUNK_TOKENS;
     size_t tmp_len = strlen(path) + 32;
     w->path = strdup(path);
@@ -276,7 +290,9 @@ strata_err strata_shard_writer_close(strata_shard_writer *w)
     if (!e.code && (write_int_attr(w->tokens, "vocab_size", w->vocab_size) < 0 ||
                     write_int_attr(w->tokens, "eot_token", w->eot_token) < 0 ||
                     write_str_attr(w->tokens, "tokenizer", w->tokenizer) < 0 ||
-                    write_str_attr(w->tokens, "format", STRATA_SHARD_FORMAT) < 0))
+                    write_str_attr(w->tokens, "format", STRATA_SHARD_FORMAT) < 0 ||
+                    (w->hash[0] && (write_str_attr(w->tokens, "tokenizer_hash", w->hash) < 0 ||
+                                    write_int_attr(w->tokens, "bos_token", w->bos_token) < 0))))
         e = strata_errorf(STRATA_EFAIL, "%s: cannot write the attributes of /tokens", w->path);
     if (e.code) {
         discard(w);

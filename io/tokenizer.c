@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenizer_hf.h"
+
 /* ---- growable arrays ------------------------------------------------------------------ */
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -147,7 +149,7 @@ static strtab_slot *strtab_add(strtab *t, const uint8_t *key, size_t len, uint64
 
 /* ---- the tokenizer ------------------------------------------------------------------- */
 
-enum { KIND_BYTE, KIND_GPT2 };
+enum { KIND_BYTE, KIND_GPT2, KIND_HF };
 
 /* Pieces longer than this are not cached: rare, and they would crowd the arena. */
 #define CACHE_MAX_PIECE 128
@@ -163,6 +165,8 @@ struct strata_tokenizer {
     int kind;
     int vocab_size;
     int eot;
+    uint32_t lead; /* byte, gpt2: the EOT put before each document */
+    strata_hf *hf; /* KIND_HF: everything else lives there */
 
     /* id -> bytes */
     uint8_t *tok_bytes;
@@ -196,16 +200,43 @@ struct strata_tokenizer {
 
 const char *strata_tokenizer_name(const strata_tokenizer *t)
 {
-    return t->kind == KIND_BYTE ? "byte" : "gpt2";
+    return t->kind == KIND_BYTE ? "byte" : t->kind == KIND_GPT2 ? "gpt2" : "hf";
 }
 
 int strata_tokenizer_vocab_size(const strata_tokenizer *t) { return t->vocab_size; }
 
-int strata_tokenizer_eot(const strata_tokenizer *t) { return t->eot; }
+int strata_tokenizer_eot(const strata_tokenizer *t)
+{
+    return t->kind == KIND_HF ? strata_hf_eos(t->hf) : t->eot;
+}
+
+int strata_tokenizer_bos(const strata_tokenizer *t)
+{
+    return t->kind == KIND_HF ? strata_hf_bos(t->hf) : -1;
+}
+
+const char *strata_tokenizer_hash(const strata_tokenizer *t)
+{
+    return t->kind == KIND_HF ? strata_hf_hash(t->hf) : "";
+}
+
+void strata_tokenizer_doc_tokens(const strata_tokenizer *t, const uint32_t **lead, size_t *n_lead,
+                                 const uint32_t **tail, size_t *n_tail)
+{
+    if (t->kind == KIND_HF) {
+        strata_hf_doc_tokens(t->hf, lead, n_lead, tail, n_tail);
+        return;
+    }
+    *lead = &t->lead;
+    *n_lead = t->eot >= 0;
+    *tail = NULL;
+    *n_tail = 0;
+}
 
 void strata_tokenizer_free(strata_tokenizer *t)
 {
     if (!t) return;
+    strata_hf_free(t->hf);
     free(t->tok_bytes);
     free(t->tok_off);
     free(t->tok_len);
@@ -236,6 +267,7 @@ strata_err strata_tokenizer_byte(strata_tokenizer **out)
     t->kind = KIND_BYTE;
     t->vocab_size = 256;
     t->eot = 0;
+    t->lead = 0;
     t->tok_bytes = malloc(256);
     t->tok_off = malloc(256 * sizeof *t->tok_off);
     t->tok_len = malloc(256 * sizeof *t->tok_len);
@@ -578,6 +610,24 @@ strata_err strata_tokenizer_gpt2(strata_tokenizer **out, const char *encoder_jso
         strata_tokenizer_free(t);
         return e;
     }
+    t->lead = (uint32_t)t->eot;
+    *out = t;
+    return strata_ok();
+}
+
+strata_err strata_tokenizer_hf(strata_tokenizer **out, const char *tokenizer_json_path)
+{
+    *out = NULL;
+    strata_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return oom();
+    t->kind = KIND_HF;
+    strata_err e = strata_hf_load(&t->hf, tokenizer_json_path);
+    if (e.code) {
+        free(t);
+        return e;
+    }
+    t->vocab_size = strata_hf_vocab_size(t->hf);
+    t->eot = strata_hf_eos(t->hf);
     *out = t;
     return strata_ok();
 }
@@ -784,6 +834,11 @@ strata_err strata_tokenizer_encode(strata_tokenizer *t, const void *text, size_t
                                    size_t *used, strata_tokens *out)
 {
     const uint8_t *s = text;
+    if (t->kind == KIND_HF) {
+        STRATA_TRY(strata_hf_encode(t->hf, s, n, more, out));
+        if (used) *used = n;
+        return strata_ok();
+    }
     if (t->kind == KIND_GPT2) return encode_gpt2(t, s, n, more, used, out);
     if (grow((void **)&out->ids, &out->cap, out->n + n, sizeof *out->ids)) return oom();
     uint32_t *dst = out->ids + out->n;
@@ -795,6 +850,7 @@ strata_err strata_tokenizer_encode(strata_tokenizer *t, const void *text, size_t
 
 const uint8_t *strata_tokenizer_token_bytes(const strata_tokenizer *t, uint32_t id, size_t *len)
 {
+    if (t->kind == KIND_HF) return strata_hf_token_bytes(t->hf, id, len);
     if (id >= (uint32_t)t->vocab_size) return NULL;
     *len = t->tok_len[id];
     return t->tok_bytes + t->tok_off[id];
@@ -803,6 +859,7 @@ const uint8_t *strata_tokenizer_token_bytes(const strata_tokenizer *t, uint32_t 
 strata_err strata_tokenizer_decode(const strata_tokenizer *t, const uint32_t *ids, size_t n,
                                    uint8_t **out, size_t *out_len)
 {
+    if (t->kind == KIND_HF) return strata_hf_decode(t->hf, ids, n, out, out_len);
     *out = NULL;
     *out_len = 0;
     size_t total = 0;

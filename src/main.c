@@ -10,6 +10,7 @@ static const struct {
     const char *usage;
 } subcommands[] = {
     {"pack", strata_cli_pack, "tokenize text files into HDF5 token shards"},
+    {"tokenize", strata_cli_tokenize, "encode a file with a tokenizer and print the ids"},
     {"inspect", strata_cli_inspect, "show a shard, a stream or a checkpoint"},
     {"train", strata_cli_train, "train or continue training from a config"},
     {"eval", strata_cli_eval, "evaluate a checkpoint on the config's eval sets"},

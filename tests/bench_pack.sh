@@ -13,7 +13,9 @@
 # files are read before the clock starts), which flatters it. Wall and CPU
 # (user+sys) time are both shown: on a busy machine wall time drifts, CPU
 # time much less. Targets from issue 3: byte >= 100 MB/s per core, GPT-2 >= 5
-# MB/s per core.
+# MB/s per core. With tests/fetch_hf_tokenizers.sh's files, also packs the
+# same text with Llama 3's, Qwen3's and Llama 2's tokenizer.json, each as a
+# ratio to the GPT-2 packer.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,7 +28,7 @@ gpt2_dir="$("$here/fetch_gpt2_tokenizer.sh")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 pin=()
-command -v taskset >/dev/null && pin=(taskset -c 0)
+command -v taskset >/dev/null && pin=(taskset -c "${STRATA_BENCH_CPU:-0}")
 
 # ---- the text ------------------------------------------------------------------------------
 {
@@ -74,6 +76,29 @@ timed "$strata" pack --tokenizer gpt2 --vocab "$gpt2_dir/encoder.json" \
 gpt2_wall=$WALL gpt2_cpu=$CPU
 printf '  %-38s %8s MB/s wall  %8s MB/s cpu  (incl. loading the BPE files; target >= 5)\n' \
     "strata pack --tokenizer gpt2" "$(rate "$bytes" "$gpt2_wall")" "$(rate "$bytes" "$gpt2_cpu")"
+
+# Hugging Face tokenizer.json packers against the GPT-2 packer, each a whole
+# `strata pack` on one core: on the text once (loading a 9 MB tokenizer.json
+# costs ~0.8 s of it) and on the text repeated to >= 64 MB (the steady rate).
+if hf_dir="$("$here/fetch_hf_tokenizers.sh" 2>/dev/null)"; then
+    timed "$strata" pack --tokenizer gpt2 --vocab "$gpt2_dir/encoder.json" \
+        --merges "$gpt2_dir/vocab.bpe" --out "$work/gpt2big" "$work/big.txt"
+    big_cpu=$CPU
+    printf '  %-44s %8s MB/s cpu on %s MB\n' "strata pack --tokenizer gpt2" "$(rate "$big" "$CPU")" "$(mb "$big")"
+    for m in llama3 qwen3 llama2; do
+        timed "$strata" pack --tokenizer "$hf_dir/$m/tokenizer.json" --out "$work/hf-$m" \
+            "$work/corpus.txt"
+        once_cpu=$CPU
+        timed "$strata" pack --tokenizer "$hf_dir/$m/tokenizer.json" --out "$work/hf-$m" \
+            "$work/big.txt"
+        printf '  %-44s %8s MB/s cpu on %s MB (%.2fx gpt2), %s MB/s on %s MB (%.2fx gpt2)\n' \
+            "strata pack --tokenizer $m/tokenizer.json" "$(rate "$bytes" "$once_cpu")" \
+            "$(mb "$bytes")" "$(awk -v a="$gpt2_cpu" -v b="$once_cpu" 'BEGIN{print a/b}')" \
+            "$(rate "$big" "$CPU")" "$(mb "$big")" "$(awk -v a="$big_cpu" -v b="$CPU" 'BEGIN{print a/b}')"
+    done
+else
+    echo "  Hugging Face tokenizers: tests/fetch_hf_tokenizers.sh failed; skipped" >&2
+fi
 
 command -v node >/dev/null || {
     echo "  JavaScript reference: node not found (apt-get install nodejs); no ratio" >&2

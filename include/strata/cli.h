@@ -10,7 +10,10 @@
 
 #include "strata/err.h"
 
+struct strata_tokenizer;
+
 int strata_cli_pack(int argc, char **argv);
+int strata_cli_tokenize(int argc, char **argv);
 int strata_cli_inspect(int argc, char **argv);
 int strata_cli_train(int argc, char **argv);
 int strata_cli_eval(int argc, char **argv);
@@ -19,6 +22,11 @@ int strata_cli_export(int argc, char **argv);
 int strata_cli_report(int argc, char **argv);
 int strata_cli_bench(int argc, char **argv);
 int strata_cli_fisher(int argc, char **argv);
+
+/* Loads the tokenizer a --tokenizer option names: "byte", "gpt2" (with
+ * vocab and merges) or the path of a Hugging Face tokenizer.json. */
+strata_err strata_cli_load_tokenizer(struct strata_tokenizer **tok, const char *name,
+                                     const char *vocab, const char *merges);
 
 /* Prints "strata <cmd>: <msg>" on stderr and returns e.code (0 if none). */
 int strata_cli_fail(const char *cmd, strata_err e);

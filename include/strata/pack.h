@@ -1,9 +1,13 @@
 /* pack.h — text files to token shards (`strata pack`).
  *
- * Every input file is one document. Each document starts with the
- * tokenizer's EOT token (as GPT-2's training data does: EOT, then the text),
- * and /doc_offsets records where each one starts (at its EOT). Without an
- * EOT token (eot = -1) documents simply follow each other.
+ * Every input file is one document. Each document is the tokenizer's lead
+ * tokens, its text, and its tail tokens (strata_tokenizer_doc_tokens):
+ * byte and gpt2 lead with their EOT (as GPT-2's training data does: EOT,
+ * then the text); a Hugging Face tokenizer leads with its BOS (Llama 2,
+ * Llama 3) or, without one, its EOS (Qwen, SmolLM2), and puts the tokens its
+ * template has after $A at the end. /doc_offsets records where each
+ * document starts (at its first boundary token). Without boundary tokens
+ * documents simply follow each other.
  *
  * Outputs, for PREFIX:
  *   PREFIX.h5                          all training tokens, or when cut
