@@ -450,6 +450,13 @@ static strata_err open_streams(strata_loader *l, int R)
                                  strata_stream_path(l->src[i]), in->tokenizer, in->vocab_size,
                                  first_path, first->tokenizer, first->vocab_size);
         }
+        if (c->tokenizer_hash[0] && strcmp(in->tokenizer_hash, c->tokenizer_hash) != 0)
+            return strata_errorf(
+                STRATA_EINPUT,
+                "%s: packed with tokenizer %.12s%s, but the model's is %.12s... (HINT: pack the "
+                "data with the model's own tokenizer.json)",
+                strata_stream_path(l->src[i]), in->tokenizer_hash[0] ? in->tokenizer_hash : "",
+                in->tokenizer_hash[0] ? "..." : in->tokenizer, c->tokenizer_hash);
     }
     return strata_ok();
 }

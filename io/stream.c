@@ -331,7 +331,7 @@ static strata_err add_shard(strata_stream *st, const char *path)
     if (st->have_common) {
         const strata_shard_info *c = &st->common;
         if (info.vocab_size != c->vocab_size || strcmp(info.tokenizer, c->tokenizer) != 0 ||
-            info.eot_token != c->eot_token)
+            info.eot_token != c->eot_token || strcmp(info.tokenizer_hash, c->tokenizer_hash) != 0)
             return strata_errorf(STRATA_EINPUT,
                                  "%s: tokenizer %s, vocab_size %d, eot %d differs from the "
                                  "stream's first shard %s (%s, %d, %d)",

@@ -5,11 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "strata/ckpt.h"
 #include "strata/cli.h"
 #include "strata/convert.h"
 #include "strata/hf.h"
+#include "strata/tokenizer.h"
 
 static const char import_usage[] =
     "usage: strata import --from llmc|safetensors|hf IN --out CKPT.h5 [--n-head N]\n"
@@ -178,6 +180,21 @@ int strata_cli_import(int argc, char **argv)
     if (extra && hf_keys) json_object_set(json_object_get(extra, "import"), "hf_config", hf_keys);
     json_decref(hf_keys);
     free(hf_extra);
+    /* The tokenizer beside the weights is the model's: shards packed with
+     * another one are refused by the trainer. */
+    char tok_path[4200];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", a.in);
+    strata_tokenizer *tok = NULL;
+    if (extra && !strcmp(a.format, "hf") && access(tok_path, R_OK) == 0) {
+        if ((e = strata_tokenizer_hf(&tok, tok_path)).code) {
+            json_decref(extra);
+            strata_model_free(m);
+            return strata_cli_fail("import", e);
+        }
+        json_object_set_new(json_object_get(extra, "import"), "tokenizer_hash",
+                            json_string(strata_tokenizer_hash(tok)));
+        strata_tokenizer_free(tok);
+    }
     char *extra_text = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
     json_decref(extra);
     strata_ckpt_state st = {.world_size = 1, .extra_json = extra_text};

@@ -2,6 +2,7 @@
 #include "strata/trainer.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -42,8 +43,9 @@ typedef struct trainer {
     strata_watchdog *watchdog; /* NULL when [train] step_timeout = 0 */
     strata_param_group *groups;
     int n_groups;
-    float *theta0; /* init weights, for L2-SP, EWC and L1-to-init */
-    float *fisher; /* EWC's diagonal Fisher, model layout */
+    float *theta0;  /* init weights, for L2-SP, EWC and L1-to-init */
+    float *fisher;  /* EWC's diagonal Fisher, model layout */
+    json_t *origin; /* where the model came from ("import" of its checkpoints' extra_json) */
     uint32_t *inputs, *targets;
     float *seq_loss;
     int slot_begin;    /* this rank's first slot in the global batch */
@@ -162,6 +164,8 @@ static strata_err load_fisher(trainer *t)
     return e;
 }
 
+static void read_origin(trainer *t, const char *json);
+
 static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
 {
     const strata_config *c = t->cfg;
@@ -184,8 +188,13 @@ static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
     t->n_floats = strata_model_n_floats(t->model);
     if (scratch)
         strata_model_init(t->model, c->train.init_seed);
-    else
-        STRATA_TRY(strata_ckpt_load(c->model.init, t->model, NULL, NULL, init_state));
+    else {
+        strata_ckpt_state local = {0};
+        strata_ckpt_state *st = init_state ? init_state : &local;
+        STRATA_TRY(strata_ckpt_load(c->model.init, t->model, NULL, NULL, st));
+        read_origin(t, st->extra_json);
+        strata_ckpt_state_free(&local);
+    }
     if (c->train.l2sp > 0 || c->train.ewc > 0 || (c->train.l1 > 0 && c->train.l1_to_init)) {
         t->theta0 = malloc(t->n_floats * sizeof(float));
         if (!t->theta0) return strata_errorf(STRATA_EFAIL, "out of memory for init weights");
@@ -229,6 +238,8 @@ static strata_err init_data(trainer *t)
     lc.replay_ratio = c->data.replay_ratio;
     lc.seq_len = c->data.seq_len;
     lc.vocab_size = strata_model_get_shape(t->model)->vocab_size;
+    const char *tok = json_string_value(json_object_get(t->origin, "tokenizer_hash"));
+    if (tok) snprintf(lc.tokenizer_hash, sizeof lc.tokenizer_hash, "%s", tok);
     lc.seed = c->data.seed;
     lc.global_batch = c->train.global_batch;
     lc.slot_begin = (int)((long)t->rank * c->train.global_batch / t->world);
@@ -341,28 +352,44 @@ static int evaluate_all(trainer *t, long step)
 }
 
 /* Eval baselines travel in the checkpoint as a JSON object. */
+/* extra_json of this run's checkpoints: the eval baselines (so a resumed
+ * run reports forgetting against the same step-0 figures) and the model's
+ * origin, carried from the init checkpoint (its import and tokenizer). */
 static char *baselines_json(const trainer *t)
 {
-    char *s = malloc(64 + (size_t)STRATA_MAX_EVALS * 96);
-    if (!s) return NULL;
-    int n = sprintf(s, "{\"eval_baselines\":{");
-    for (int i = 0; i < t->cfg->n_evals; i++)
+    json_t *root = json_object(), *base = json_object();
+    for (int i = 0; root && base && i < t->cfg->n_evals; i++)
         if (isfinite(t->evals[i].baseline))
-            n += sprintf(s + n, "%s\"%s\":%.17g", n > 19 ? "," : "", t->cfg->evals[i].name,
-                         t->evals[i].baseline);
-    sprintf(s + n, "}}");
-    return s;
+            json_object_set_new(base, t->cfg->evals[i].name, json_real(t->evals[i].baseline));
+    json_object_set_new(root, "eval_baselines", base);
+    if (t->origin) json_object_set(root, "import", t->origin);
+    char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
+    json_decref(root);
+    return text;
+}
+
+/* The "import" member of a checkpoint's extra_json, kept as the model's origin. */
+static void read_origin(trainer *t, const char *json)
+{
+    json_t *root = json ? json_loads(json, 0, NULL) : NULL;
+    json_t *imp = json_object_get(root, "import");
+    if (json_is_object(imp)) {
+        json_decref(t->origin);
+        t->origin = json_incref(imp);
+    }
+    json_decref(root);
 }
 
 static void read_baselines(trainer *t, const char *json)
 {
-    if (!json) return;
+    json_t *root = json ? json_loads(json, 0, NULL) : NULL;
+    json_t *base = json_object_get(root, "eval_baselines");
     for (int i = 0; i < t->cfg->n_evals; i++) {
-        char key[96];
-        snprintf(key, sizeof key, "\"%s\":", t->cfg->evals[i].name);
-        const char *at = strstr(json, key);
-        if (at) t->evals[i].baseline = strtod(at + strlen(key), NULL);
+        json_t *v = json_object_get(base, t->cfg->evals[i].name);
+        if (json_is_number(v)) t->evals[i].baseline = json_number_value(v);
     }
+    json_decref(root);
+    read_origin(t, json);
 }
 
 /* ---- checkpoints ---------------------------------------------------------- */
@@ -750,6 +777,7 @@ static void trainer_free(trainer *t)
         if (t->evals[i].set) strata_evalset_close(t->evals[i].set);
     strata_metrics_close(t->metrics);
     free(t->groups), free(t->theta0), free(t->fisher);
+    json_decref(t->origin);
     free(t->inputs), free(t->targets), free(t->seq_loss), free(t->slot_ids);
     strata_ckpt_state_free(&t->st);
 }

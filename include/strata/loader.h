@@ -36,6 +36,9 @@ typedef struct strata_loader_config {
     int shuffle_window;       /* samples per shuffle window of the new stream (0 = default) */
     int prefetch;             /* 1 = background thread (default), 0 = read on demand */
     double follow_poll_s;     /* seconds between re-reads of the stream while following (0 = 2) */
+    /* The model's tokenizer (SHA-256 of its tokenizer.json, as shards record
+     * it); when not empty, every source must have been packed with it. */
+    char tokenizer_hash[65];
 } strata_loader_config;
 
 /* The samples of one step for this rank. tokens holds n rows of T+1 ids:
