@@ -10,7 +10,10 @@
 #include "strata/vecmath.h"
 
 /* Query rows per block: S and P of a block are QB x T floats per thread. */
-#define QB 64
+#ifndef STRATA_ATT_QB
+#define STRATA_ATT_QB 64
+#endif
+#define QB STRATA_ATT_QB
 
 /* Per thread: S (QB, T) and dP (QB, T); then the backward's per-query-head
  * dK and dV, (B, NH, T, hs) each. */
