@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata/attention.h"
 #include "strata/family.h"
 #include "strata/kernels.h"
 #include "strata/model.h"
@@ -39,7 +40,8 @@ typedef struct block_acts {
     float *ln1, *ln1_mean, *ln1_rstd; /* (B,T,C), (B,T), (B,T) */
     float *qkv;                       /* (B,T,3C) */
     float *atty;                      /* (B,T,C) attention output before c_proj */
-    float *att;                       /* (B,NH,T,T) softmax probabilities */
+    float *att;                       /* (B,NH,T,T) softmax probabilities (dropout only) */
+    float *lse;                       /* (B,NH,T) log-sum-exp of each softmax row */
     float *res2;                      /* (B,T,C) residual after attention */
     float *ln2, *ln2_mean, *ln2_rstd;
     float *fch, *fch_gelu; /* (B,T,4C) */
@@ -60,7 +62,10 @@ typedef struct gpt2 {
     size_t arena_floats;
     float *encoded, *lnf, *lnf_mean, *lnf_rstd;
     block_acts *blocks;
-    float *d_res, *d_small, *d_big, *d_att; /* backward scratch */
+    float *d_res, *d_small, *d_big, *d_att; /* backward scratch (d_att: dropout only) */
+    int with_att;                           /* the arena holds att and d_att */
+    float *att_scratch;                     /* attention.h's scratch */
+    size_t att_scratch_floats;
     uint32_t *inputs;
     int fwd_B, fwd_T;
 
@@ -171,22 +176,32 @@ static void gpt2_init(strata_model *model, uint64_t seed)
     }
 }
 
-static strata_err alloc_arena(gpt2 *m, int B, int T)
+/* Without dropout attention keeps one log-sum-exp per row and recomputes its
+ * probabilities in backward (attention.h); only dropout on the probabilities
+ * needs them stored, (B, NH, T, T) per block. */
+static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att)
 {
     size_t L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head, BT = (size_t)B * T;
-    size_t per_block = BT * (16 * C + 4) + (size_t)B * NH * T * T;
+    size_t att = with_att ? (size_t)B * NH * T * T : 0;
+    size_t per_block = BT * (16 * C + 4) + att + (size_t)B * NH * T;
     size_t total = BT * C /* encoded */ + BT * (C + 2) /* lnf */ + L * per_block +
                    BT * C /* d_res */ + BT * C /* d_small */ + BT * 4 * C /* d_big */ +
-                   (size_t)B * NH * T * T /* d_att */;
+                   att /* d_att */;
+    int threads =
+        omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
     free(m->arena);
     free(m->blocks);
     free(m->inputs);
+    free(m->att_scratch);
+    m->att_scratch_floats =
+        strata_gqa_attention_scratch_floats(B, T, (int)NH, (int)NH, (int)(C / NH), threads);
     m->arena = malloc(total * sizeof(float));
     m->blocks = calloc(L, sizeof *m->blocks);
     m->inputs = malloc(BT * sizeof(uint32_t));
-    if (!m->arena || !m->blocks || !m->inputs) {
-        free(m->arena), free(m->blocks), free(m->inputs);
-        m->arena = NULL, m->blocks = NULL, m->inputs = NULL;
+    m->att_scratch = malloc(m->att_scratch_floats * sizeof(float));
+    if (!m->arena || !m->blocks || !m->inputs || !m->att_scratch) {
+        free(m->arena), free(m->blocks), free(m->inputs), free(m->att_scratch);
+        m->arena = NULL, m->blocks = NULL, m->inputs = NULL, m->att_scratch = NULL;
         m->B = m->T = 0;
         return strata_errorf(STRATA_EFAIL, "out of memory for activations (%.1f GiB for B=%d T=%d)",
                              total * 4.0 / (1 << 30), B, T);
@@ -202,7 +217,8 @@ static strata_err alloc_arena(gpt2 *m, int B, int T)
         a->ln1 = TAKE(BT * C), a->ln1_mean = TAKE(BT), a->ln1_rstd = TAKE(BT);
         a->qkv = TAKE(BT * 3 * C);
         a->atty = TAKE(BT * C);
-        a->att = TAKE((size_t)B * NH * T * T);
+        a->att = with_att ? TAKE(att) : NULL;
+        a->lse = TAKE((size_t)B * NH * T);
         a->res2 = TAKE(BT * C);
         a->ln2 = TAKE(BT * C), a->ln2_mean = TAKE(BT), a->ln2_rstd = TAKE(BT);
         a->fch = TAKE(BT * 4 * C), a->fch_gelu = TAKE(BT * 4 * C);
@@ -211,9 +227,10 @@ static strata_err alloc_arena(gpt2 *m, int B, int T)
     m->d_res = TAKE(BT * C);
     m->d_small = TAKE(BT * C);
     m->d_big = TAKE(BT * 4 * C);
-    m->d_att = TAKE((size_t)B * NH * T * T);
+    m->d_att = with_att ? TAKE(att) : NULL;
 #undef TAKE
     m->arena_floats = total;
+    m->with_att = with_att;
     m->B = B;
     m->T = T;
     return strata_ok();
@@ -230,6 +247,7 @@ static void gpt2_free_state(void *state)
     free(m->inputs);
     free(m->drop_bits);
     free(m->drop_keys);
+    free(m->att_scratch);
     free(m);
 }
 
@@ -248,7 +266,9 @@ static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
     }
     const strata_dropout_request *d = strata_model_dropout_request(model);
     m->drop_p = d->p, m->drop_seed = d->seed, m->drop_step = d->step, m->drop_ids = d->sample_ids;
-    if (m->B != B || m->T != T) STRATA_TRY(alloc_arena(m, B, T));
+    int need_att = m->drop_p > 0;
+    if (m->B != B || m->T != T || (need_att && !m->with_att))
+        STRATA_TRY(alloc_arena(m, B, T, need_att || (m->with_att && m->B == B && m->T == T)));
     m->fwd_B = B, m->fwd_T = T;
     m->fwd_drop = m->drop_p > 0;
     if (m->fwd_drop) {
@@ -265,7 +285,7 @@ static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
 static size_t gpt2_state_bytes(const void *state)
 {
     const gpt2 *m = state;
-    return m->arena_floats * 4 + m->drop_words * 8;
+    return (m->arena_floats + m->att_scratch_floats) * 4 + m->drop_words * 8;
 }
 
 /* ---- dropout -------------------------------------------------------------
@@ -414,7 +434,9 @@ static void gpt2_block_forward(strata_model *model, void *state, int l)
     TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W), param(m, l, QKV_B), BT,
                                         C, 3 * C, 0.0f));
     if (!drop) {
-        TIMED(attention, strata_attention_forward(a->atty, a->att, a->qkv, B, T, C, NH));
+        TIMED(attention, strata_gqa_attention_forward(a->atty, a->lse, a->qkv, B, T, NH, NH, C / NH,
+                                                      0, 1.0f / sqrtf((float)(C / NH)),
+                                                      m->att_scratch, m->att_scratch_floats));
         /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
         TIMED(elementwise, memcpy(a->res2, residual, (size_t)BT * C * sizeof(float)));
         TIMED(matmul, strata_matmul_forward(a->res2, a->atty, param(m, l, PROJ_W),
@@ -509,8 +531,9 @@ static void block_backward(gpt2 *m, int l, const float *block_input, int need_di
                                          a->atty, param(m, l, PROJ_W), BT, C, C));
     float *d_qkv = d_big; /* (B,T,3C) fits in the (B,T,4C) scratch, free again */
     if (!drop) {
-        TIMED(attention,
-              strata_attention_backward(d_qkv, m->d_att, d_small, a->qkv, a->att, B, T, C, NH));
+        TIMED(attention, strata_gqa_attention_backward(
+                             d_qkv, d_small, a->qkv, a->atty, a->lse, B, T, NH, NH, C / NH, 0,
+                             1.0f / sqrtf((float)(C / NH)), m->att_scratch, m->att_scratch_floats));
     } else {
         strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
         TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv, a->att,

@@ -194,13 +194,19 @@ static const strata_tensor *head_tensor(const strata_model *m)
     return h ? h : strata_model_find_role(m, STRATA_ROLE_TOKEN_EMBED);
 }
 
-/* Chunk rows: about 16 Mi floats of logits, at least 32 rows so that the
+/* Chunk rows: about 32 Mi floats (128 MiB) of logits, 32 to 2048 rows: big
+ * enough that dW += dlogits^T h does not reread the (Vp, C) gradient for
+ * every few rows (GPT-2 small: 4 chunks of 656), small enough that a
+ * 151,936-token vocabulary holds 208 rows, not B*T. At least 32 rows so that the
  * head's products stay efficient. A function of the shape only, so the
  * summation order of the head's gradient never depends on the batch. */
+#ifndef STRATA_HEAD_CHUNK_MFLOATS
+#define STRATA_HEAD_CHUNK_MFLOATS 32L
+#endif
 static int head_chunk_rows(const strata_model_shape *s)
 {
-    long rows = (16L << 20) / s->padded_vocab;
-    rows = rows < 32 ? 32 : rows > 512 ? 512 : rows;
+    long rows = (STRATA_HEAD_CHUNK_MFLOATS << 20) / s->padded_vocab;
+    rows = rows < 32 ? 32 : rows > 2048 ? 2048 : rows;
     return (int)(rows / 16 * 16);
 }
 
