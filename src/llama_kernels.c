@@ -75,7 +75,8 @@ void strata_rmsnorm_backward(float *dx, float *dw, const float *dy, const float 
 
 void strata_rope_inv_freq(float *inv_freq, int hs, const strata_model_shape *s)
 {
-    float base = (float)s->rope_theta, factor = (float)s->rope_factor;
+    float base = s->rope_theta > 0 ? (float)s->rope_theta : 10000.0f;
+    float factor = (float)s->rope_factor;
     for (int i = 0; i < hs / 2; i++) {
         float inv = 1.0f / powf(base, (float)(2 * i) / (float)hs);
         if (s->rope_type == STRATA_ROPE_LINEAR) inv /= factor;
@@ -99,9 +100,11 @@ void strata_rope_tables(float *cos_t, float *sin_t, const float *inv_freq, int T
     int half = hs / 2;
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
+            /* The angle rounded to fp32 as HF has it, then cos and sin of it
+             * correctly rounded (not glibc's cosf, which may be 1 ulp off). */
             float f = (float)t * inv_freq[i];
-            cos_t[(size_t)t * half + i] = cosf(f);
-            sin_t[(size_t)t * half + i] = sinf(f);
+            cos_t[(size_t)t * half + i] = (float)cos((double)f);
+            sin_t[(size_t)t * half + i] = (float)sin((double)f);
         }
 }
 

@@ -37,12 +37,13 @@ void strata_rmsnorm_backward_strided(float *dx, float *dw, const float *dy, cons
                                      size_t offset, int r_stride, int len);
 
 /* inv_freq[i] for i < hs/2, as transformers' rope init functions compute
- * it in fp32: theta^(-2i/hs), then for rope_type linear / factor, and for
+ * it in fp32: theta^(-2i/hs) (theta 0: 10000), then for rope_type linear / factor, and for
  * llama3 (wl = 2 pi / inv_freq, orig = rope_original_max): wl < orig/high
  * kept, wl > orig/low divided by factor, else interpolated with
  * s = (orig/wl - low) / (high - low): (1 - s) inv/factor + s inv. */
 void strata_rope_inv_freq(float *inv_freq, int hs, const strata_model_shape *s);
-/* cos/sin (T, hs/2) of t * inv_freq[i] in fp32, as HF's rotary embedding. */
+/* cos/sin (T, hs/2) of t * inv_freq[i] rounded to fp32 (as HF's rotary
+ * embedding computes the angle), each correctly rounded. */
 void strata_rope_tables(float *cos_t, float *sin_t, const float *inv_freq, int T, int hs);
 /* In place on the query heads (NH) and key heads (NKV) of a fused qkv
  * buffer (B, T, (NH + 2 NKV) hs) (attention.h's layout), for position t:
