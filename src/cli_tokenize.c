@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "strata/cli.h"
 #include "strata/tokenizer.h"
@@ -47,6 +48,11 @@ strata_err strata_cli_load_tokenizer(strata_tokenizer **tok, const char *name, c
     }
     if (vocab || merges)
         return strata_errorf(STRATA_EINPUT, "--vocab and --merges are for --tokenizer gpt2");
+    if (access(name, F_OK))
+        return strata_errorf(STRATA_EINPUT,
+                             "unknown tokenizer '%s' (byte, gpt2 or the path of a tokenizer.json): "
+                             "cannot open: %s",
+                             name, strerror(errno));
     return strata_tokenizer_hf(tok, name);
 }
 
