@@ -20,21 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bpe.h"
 #include "tokenizer_hf.h"
 
 /* ---- growable arrays ------------------------------------------------------------------ */
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = c;
-    return 0;
-}
 
 void strata_tokens_free(strata_tokens *t)
 {
@@ -46,7 +35,7 @@ void strata_tokens_free(strata_tokens *t)
 
 static int tokens_push(strata_tokens *t, const uint32_t *ids, size_t n)
 {
-    if (grow((void **)&t->ids, &t->cap, t->n + n, sizeof *t->ids)) return -1;
+    if (strata_bpe_grow((void **)&t->ids, &t->cap, t->n + n, sizeof *t->ids)) return -1;
     memcpy(t->ids + t->n, ids, n * sizeof *ids);
     t->n += n;
     return 0;
@@ -134,7 +123,7 @@ static int strtab_rehash(strtab *t, size_t cap)
 static strtab_slot *strtab_add(strtab *t, const uint8_t *key, size_t len, uint64_t h)
 {
     if (2 * (t->n + 1) > t->cap && strtab_rehash(t, 2 * t->cap)) return NULL;
-    if (grow((void **)&t->keys, &t->keys_cap, t->keys_n + len + 1, 1)) return NULL;
+    if (strata_bpe_grow((void **)&t->keys, &t->keys_cap, t->keys_n + len + 1, 1)) return NULL;
     size_t mask = t->cap - 1, i = (size_t)h & mask;
     while (t->slots[i].hash) i = (i + 1) & mask;
     strtab_slot *s = &t->slots[i];
@@ -286,19 +275,6 @@ strata_err strata_tokenizer_byte(strata_tokenizer **out)
 
 /* ---- GPT-2: reading encoder.json and vocab.bpe ---------------------------------------- */
 
-/* GPT-2's bytes_to_unicode: bytes that are printable Latin-1 stand for
- * themselves; the other 68 bytes, in order, become U+0100.. U+0143. */
-static void byte_unicode_tables(uint32_t b2u[256], int u2b[324])
-{
-    for (int i = 0; i < 324; i++) u2b[i] = -1;
-    int n = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        b2u[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
-        u2b[b2u[b]] = b;
-    }
-}
-
 /* Translates one token of the files (UTF-8 of byte-standing characters) into
  * its bytes; returns the byte count, or -1 if a character is no byte's. */
 static long token_to_bytes(const char *s, size_t len, const int u2b[324], uint8_t *out)
@@ -324,17 +300,11 @@ static long token_to_bytes(const char *s, size_t len, const int u2b[324], uint8_
 
 static uint64_t pair_key(uint32_t a, uint32_t b) { return ((uint64_t)a << 32) | b; }
 
-static size_t pair_hash(uint64_t k)
-{
-    k *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(k ^ (k >> 29));
-}
-
 static int32_t merge_rank(const strata_tokenizer *t, uint32_t a, uint32_t b)
 {
     uint64_t k = pair_key(a, b);
     size_t mask = t->merges_cap - 1;
-    for (size_t i = pair_hash(k) & mask;; i = (i + 1) & mask) {
+    for (size_t i = strata_bpe_pair_hash(k) & mask;; i = (i + 1) & mask) {
         if (t->merges[i].pair == k) return t->merges[i].rank;
         if (t->merges[i].pair == UINT64_MAX) return -1;
     }
@@ -390,7 +360,7 @@ static strata_err load_encoder(strata_tokenizer *t, const char *path, const int 
             e = strata_errorf(STRATA_EINPUT, "%s: id %u is given to two tokens", path, id);
             goto done;
         }
-        if (grow((void **)&t->tok_bytes, &bytes_cap, bytes_n + klen + 1, 1)) {
+        if (strata_bpe_grow((void **)&t->tok_bytes, &bytes_cap, bytes_n + klen + 1, 1)) {
             e = oom();
             goto done;
         }
@@ -441,7 +411,7 @@ static strata_err read_file(const char *path, char **out, size_t *len)
     char *buf = NULL;
     size_t cap = 0, n = 0;
     for (;;) {
-        if (grow((void **)&buf, &cap, n + 65536 + 1, 1)) {
+        if (strata_bpe_grow((void **)&buf, &cap, n + 65536 + 1, 1)) {
             fclose(f);
             free(buf);
             return oom();
@@ -547,7 +517,7 @@ static strata_err load_merges(strata_tokenizer *t, const char *path, const int u
         t->merge_b[rank] = ids[1];
         t->merge_out[rank] = ids[2];
         uint64_t k = pair_key(ids[0], ids[1]);
-        size_t mask = t->merges_cap - 1, i = pair_hash(k) & mask;
+        size_t mask = t->merges_cap - 1, i = strata_bpe_pair_hash(k) & mask;
         while (t->merges[i].pair != UINT64_MAX && t->merges[i].pair != k) i = (i + 1) & mask;
         t->merges[i].pair = k;
         t->merges[i].rank = rank;
@@ -599,7 +569,7 @@ strata_err strata_tokenizer_gpt2(strata_tokenizer **out, const char *encoder_jso
     t->kind = KIND_GPT2;
     uint32_t b2u[256];
     int u2b[324];
-    byte_unicode_tables(b2u, u2b);
+    strata_bpe_byte_unicode_tables(b2u, u2b);
     strtab vocab = {0};
     strata_err e = load_encoder(t, encoder_json_path, u2b, &vocab);
     if (!e.code) e = load_merges(t, vocab_bpe_path, u2b, &vocab);
@@ -634,34 +604,6 @@ strata_err strata_tokenizer_hf(strata_tokenizer **out, const char *tokenizer_jso
 
 /* ---- GPT-2: BPE on one piece ---------------------------------------------------------- */
 
-static void heap_push(uint64_t *h, size_t *n, uint64_t v)
-{
-    size_t i = (*n)++;
-    while (i) {
-        size_t p = (i - 1) / 2;
-        if (h[p] <= v) break;
-        h[i] = h[p];
-        i = p;
-    }
-    h[i] = v;
-}
-
-static uint64_t heap_pop(uint64_t *h, size_t *n)
-{
-    uint64_t top = h[0], v = h[--*n];
-    size_t i = 0, m = *n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= m) break;
-        if (c + 1 < m && h[c + 1] < h[c]) c++;
-        if (v <= h[c]) break;
-        h[i] = h[c];
-        i = c;
-    }
-    if (m) h[i] = v;
-    return top;
-}
-
 /* Merges piece s[0..n) and leaves its ids in t->word; returns their count.
  *
  * The reference repeats: take the pair of lowest rank; merge its
@@ -684,7 +626,7 @@ static long bpe_piece(strata_tokenizer *t, const uint8_t *s, size_t n)
         if (!q) return -1;
         t->scratch_cap = cap;
     }
-    if (grow((void **)&t->word, &t->word_cap, n, sizeof *t->word)) return -1;
+    if (strata_bpe_grow((void **)&t->word, &t->word_cap, n, sizeof *t->word)) return -1;
 
     uint32_t *sym = t->sym;
     int32_t *prev = t->prev, *next = t->next;
@@ -697,18 +639,20 @@ static long bpe_piece(strata_tokenizer *t, const uint8_t *s, size_t n)
     for (size_t i = 0; i + 1 < n; i++) {
         int32_t r = merge_rank(t, sym[i], sym[i + 1]);
         if (r < 0) continue;
-        if (grow((void **)&t->heap, &t->heap_cap, t->heap_n + 1, sizeof *t->heap)) return -1;
-        heap_push(t->heap, &t->heap_n, ((uint64_t)r << 32) | i);
+        if (strata_bpe_grow((void **)&t->heap, &t->heap_cap, t->heap_n + 1, sizeof *t->heap))
+            return -1;
+        strata_bpe_heap_push(t->heap, &t->heap_n, ((uint64_t)r << 32) | i);
     }
     while (t->heap_n) {
-        uint64_t top = heap_pop(t->heap, &t->heap_n);
+        uint64_t top = strata_bpe_heap_pop(t->heap, &t->heap_n);
         uint32_t r = (uint32_t)(top >> 32);
         size_t nb = 0;
-        if (grow((void **)&t->batch, &t->batch_cap, 1, sizeof *t->batch)) return -1;
+        if (strata_bpe_grow((void **)&t->batch, &t->batch_cap, 1, sizeof *t->batch)) return -1;
         t->batch[nb++] = (uint32_t)top;
         while (t->heap_n && (uint32_t)(t->heap[0] >> 32) == r) {
-            if (grow((void **)&t->batch, &t->batch_cap, nb + 1, sizeof *t->batch)) return -1;
-            t->batch[nb++] = (uint32_t)heap_pop(t->heap, &t->heap_n);
+            if (strata_bpe_grow((void **)&t->batch, &t->batch_cap, nb + 1, sizeof *t->batch))
+                return -1;
+            t->batch[nb++] = (uint32_t)strata_bpe_heap_pop(t->heap, &t->heap_n);
         }
         uint32_t a = t->merge_a[r], b = t->merge_b[r], ab = t->merge_out[r];
         for (size_t k = 0; k < nb; k++) {
@@ -721,15 +665,18 @@ static long bpe_piece(strata_tokenizer *t, const uint8_t *s, size_t n)
             prev[j] = -2; /* unlinked */
             sym[j] = UINT32_MAX;
             /* at most two new pairs per merge */
-            if (grow((void **)&t->heap, &t->heap_cap, t->heap_n + 2, sizeof *t->heap)) return -1;
+            if (strata_bpe_grow((void **)&t->heap, &t->heap_cap, t->heap_n + 2, sizeof *t->heap))
+                return -1;
             if (prev[i] >= 0) {
                 int32_t r2 = merge_rank(t, sym[prev[i]], ab);
                 if (r2 >= 0)
-                    heap_push(t->heap, &t->heap_n, ((uint64_t)r2 << 32) | (uint32_t)prev[i]);
+                    strata_bpe_heap_push(t->heap, &t->heap_n,
+                                         ((uint64_t)r2 << 32) | (uint32_t)prev[i]);
             }
             if (next[i] >= 0) {
                 int32_t r2 = merge_rank(t, ab, sym[next[i]]);
-                if (r2 >= 0) heap_push(t->heap, &t->heap_n, ((uint64_t)r2 << 32) | (uint32_t)i);
+                if (r2 >= 0)
+                    strata_bpe_heap_push(t->heap, &t->heap_n, ((uint64_t)r2 << 32) | (uint32_t)i);
             }
         }
     }
@@ -758,8 +705,8 @@ static int encode_piece(strata_tokenizer *t, const uint8_t *s, size_t n, strata_
         strtab_clear(&t->cache);
         t->cache_ids_n = 0;
     }
-    if (grow((void **)&t->cache_ids, &t->cache_ids_cap, t->cache_ids_n + (size_t)m,
-             sizeof *t->cache_ids))
+    if (strata_bpe_grow((void **)&t->cache_ids, &t->cache_ids_cap, t->cache_ids_n + (size_t)m,
+                        sizeof *t->cache_ids))
         return -1;
     strtab_slot *slot = strtab_add(&t->cache, s, n, h);
     if (!slot) return -1;
@@ -840,7 +787,7 @@ strata_err strata_tokenizer_encode(strata_tokenizer *t, const void *text, size_t
         return strata_ok();
     }
     if (t->kind == KIND_GPT2) return encode_gpt2(t, s, n, more, used, out);
-    if (grow((void **)&out->ids, &out->cap, out->n + n, sizeof *out->ids)) return oom();
+    if (strata_bpe_grow((void **)&out->ids, &out->cap, out->n + n, sizeof *out->ids)) return oom();
     uint32_t *dst = out->ids + out->n;
     for (size_t i = 0; i < n; i++) dst[i] = s[i];
     out->n += n;

@@ -35,19 +35,9 @@
 #include <string.h>
 #include <utf8proc.h>
 
-/* ---- small tools -------------------------------------------------------------------------- */
+#include "bpe.h"
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = c;
-    return 0;
-}
+/* ---- small tools -------------------------------------------------------------------------- */
 
 typedef struct buf {
     uint8_t *p;
@@ -56,7 +46,7 @@ typedef struct buf {
 
 static int buf_put(buf *b, const void *s, size_t n)
 {
-    if (grow((void **)&b->p, &b->cap, b->n + n + 1, 1)) return -1;
+    if (strata_bpe_grow((void **)&b->p, &b->cap, b->n + n + 1, 1)) return -1;
     if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     return 0;
@@ -71,7 +61,7 @@ static strata_err oom(void) { return strata_errorf(STRATA_EFAIL, "tokenizer: out
 
 static int push_ids(strata_tokens *t, const uint32_t *ids, size_t n)
 {
-    if (grow((void **)&t->ids, &t->cap, t->n + n, sizeof *t->ids)) return -1;
+    if (strata_bpe_grow((void **)&t->ids, &t->cap, t->n + n, sizeof *t->ids)) return -1;
     memcpy(t->ids + t->n, ids, n * sizeof *ids);
     t->n += n;
     return 0;
@@ -868,19 +858,6 @@ static strata_err add_decoder(strata_hf *h, const json_t *n, const char *jpath, 
     return strata_ok();
 }
 
-/* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves,
- * the other 68 bytes in order become U+0100 .. U+0143. */
-static void byte_unicode_tables(uint32_t b2u[256], int u2b[324])
-{
-    for (int i = 0; i < 324; i++) u2b[i] = -1;
-    int n = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        b2u[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
-        u2b[b2u[b]] = b;
-    }
-}
-
 /* A token string of a byte-level vocabulary as raw bytes; -1 when some
  * character stands for no byte. out has room for len bytes. */
 static long unbyte(const char *s, size_t len, const int u2b[324], uint8_t *out)
@@ -898,18 +875,12 @@ static long unbyte(const char *s, size_t len, const int u2b[324], uint8_t *out)
 
 static uint64_t pair_key(uint32_t a, uint32_t b) { return ((uint64_t)a << 32) | b; }
 
-static size_t pair_hash(uint64_t k)
-{
-    k *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(k ^ (k >> 29));
-}
-
 static int32_t merge_rank(const strata_hf *h, uint32_t a, uint32_t b)
 {
     if (!h->merges_cap) return -1;
     uint64_t k = pair_key(a, b);
     size_t mask = h->merges_cap - 1;
-    for (size_t i = pair_hash(k) & mask;; i = (i + 1) & mask) {
+    for (size_t i = strata_bpe_pair_hash(k) & mask;; i = (i + 1) & mask) {
         if (h->merges[i].pair == k) return h->merges[i].rank;
         if (h->merges[i].pair == UINT64_MAX) return -1;
     }
@@ -981,7 +952,7 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
             if (stab_set(&h->vocab, key, klen, (uint32_t)id)) return oom();
             continue;
         }
-        if (grow((void **)&tmp, &tmp_cap, klen + 1, 1)) return oom();
+        if (strata_bpe_grow((void **)&tmp, &tmp_cap, klen + 1, 1)) return oom();
         long nb = unbyte(key, klen, u2b, tmp);
         /* a token outside the byte alphabet cannot come out of BPE on bytes */
         if (nb > 0 && stab_set(&h->vocab, tmp, (size_t)nb, (uint32_t)id)) {
@@ -1077,7 +1048,7 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
         h->merge_b[rank] = ib;
         h->merge_out[rank] = iab;
         uint64_t k = pair_key(ia, ib);
-        size_t mask = h->merges_cap - 1, j = pair_hash(k) & mask;
+        size_t mask = h->merges_cap - 1, j = strata_bpe_pair_hash(k) & mask;
         while (h->merges[j].pair != UINT64_MAX && h->merges[j].pair != k) j = (j + 1) & mask;
         h->merges[j].pair = k;
         h->merges[j].rank = rank;
@@ -1114,7 +1085,8 @@ static strata_err load_added(strata_hf *h, const json_t *added)
         uint32_t old;
         if (stab_get(&h->added_tab, s, len, &old))
             return bad(h, jp, "content \"%.60s\" is already added_tokens[%u]", s, old);
-        if (grow((void **)&h->added, &h->added_cap, h->n_added + 1, sizeof *h->added)) return oom();
+        if (strata_bpe_grow((void **)&h->added, &h->added_cap, h->n_added + 1, sizeof *h->added))
+            return oom();
         added_tok *t = &h->added[h->n_added];
         t->s = dup_n(s, len);
         t->len = len;
@@ -1374,7 +1346,8 @@ static strata_err make_surfaces(strata_hf *h)
         size_t before = all.n;
         uint32_t u = (uint32_t)id;
         if (just_bytes) {
-            if (grow((void **)&all.p, &all.cap, all.n + h->tstr_len[id] + 1, 1)) return oom();
+            if (strata_bpe_grow((void **)&all.p, &all.cap, all.n + h->tstr_len[id] + 1, 1))
+                return oom();
             long nb = unbyte(h->tstr[id], h->tstr_len[id], h->u2b, all.p + all.n);
             if (nb >= 0) {
                 all.n += (size_t)nb;
@@ -1398,34 +1371,6 @@ static strata_err make_surfaces(strata_hf *h)
 
 /* ---- BPE on one piece --------------------------------------------------------------------- */
 
-static void heap_push(uint64_t *hp, size_t *n, uint64_t v)
-{
-    size_t i = (*n)++;
-    while (i) {
-        size_t p = (i - 1) / 2;
-        if (hp[p] <= v) break;
-        hp[i] = hp[p];
-        i = p;
-    }
-    hp[i] = v;
-}
-
-static uint64_t heap_pop(uint64_t *hp, size_t *n)
-{
-    uint64_t top = hp[0], v = hp[--*n];
-    size_t i = 0, m = *n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= m) break;
-        if (c + 1 < m && hp[c + 1] < hp[c]) c++;
-        if (v <= hp[c]) break;
-        hp[i] = hp[c];
-        i = c;
-    }
-    if (m) hp[i] = v;
-    return top;
-}
-
 /* Merges the symbols sym[0..m) and leaves the result in h->word; returns its
  * length. The heap holds (rank, position): the lowest rank first, then the
  * leftmost, which is the Rust crate's order; an entry whose pair has
@@ -1439,13 +1384,13 @@ static long merge_symbols(strata_hf *h, size_t m)
         next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
     h->heap_n = 0;
-    if (grow((void **)&h->heap, &h->heap_cap, m + 1, sizeof *h->heap)) return -1;
+    if (strata_bpe_grow((void **)&h->heap, &h->heap_cap, m + 1, sizeof *h->heap)) return -1;
     for (size_t i = 0; i + 1 < m; i++) {
         int32_t r = merge_rank(h, sym[i], sym[i + 1]);
-        if (r >= 0) heap_push(h->heap, &h->heap_n, ((uint64_t)r << 32) | i);
+        if (r >= 0) strata_bpe_heap_push(h->heap, &h->heap_n, ((uint64_t)r << 32) | i);
     }
     while (h->heap_n) {
-        uint64_t top = heap_pop(h->heap, &h->heap_n);
+        uint64_t top = strata_bpe_heap_pop(h->heap, &h->heap_n);
         int32_t r = (int32_t)(top >> 32), i = (int32_t)(uint32_t)top, j = next[i];
         if (prev[i] == -2 || j < 0 || sym[i] != h->merge_a[r] || sym[j] != h->merge_b[r]) continue;
         uint32_t ab = h->merge_out[r];
@@ -1453,17 +1398,20 @@ static long merge_symbols(strata_hf *h, size_t m)
         next[i] = next[j];
         if (next[j] >= 0) prev[next[j]] = i;
         prev[j] = -2;
-        if (grow((void **)&h->heap, &h->heap_cap, h->heap_n + 2, sizeof *h->heap)) return -1;
+        if (strata_bpe_grow((void **)&h->heap, &h->heap_cap, h->heap_n + 2, sizeof *h->heap))
+            return -1;
         if (prev[i] >= 0) {
             int32_t r2 = merge_rank(h, sym[prev[i]], ab);
-            if (r2 >= 0) heap_push(h->heap, &h->heap_n, ((uint64_t)r2 << 32) | (uint32_t)prev[i]);
+            if (r2 >= 0)
+                strata_bpe_heap_push(h->heap, &h->heap_n, ((uint64_t)r2 << 32) | (uint32_t)prev[i]);
         }
         if (next[i] >= 0) {
             int32_t r2 = merge_rank(h, ab, sym[next[i]]);
-            if (r2 >= 0) heap_push(h->heap, &h->heap_n, ((uint64_t)r2 << 32) | (uint32_t)i);
+            if (r2 >= 0)
+                strata_bpe_heap_push(h->heap, &h->heap_n, ((uint64_t)r2 << 32) | (uint32_t)i);
         }
     }
-    if (grow((void **)&h->word, &h->word_cap, m + 1, sizeof *h->word)) return -1;
+    if (strata_bpe_grow((void **)&h->word, &h->word_cap, m + 1, sizeof *h->word)) return -1;
     long k = 0;
     if (m)
         for (int32_t i = 0; i >= 0; i = next[i]) h->word[k++] = sym[i];
@@ -1500,7 +1448,7 @@ static int model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_tokens *
     size_t m = 0;
     long w;
     if (h->ignore_merges && stab_get(&h->vocab, s, n, &id)) {
-        if (grow((void **)&h->word, &h->word_cap, 1, sizeof *h->word)) return HF_OOM;
+        if (strata_bpe_grow((void **)&h->word, &h->word_cap, 1, sizeof *h->word)) return HF_OOM;
         h->word[0] = id;
         w = 1;
         goto merged;
@@ -1541,8 +1489,8 @@ merged:
         h->cache.keys.n = 0;
         h->cache_ids_n = 0;
     }
-    if (grow((void **)&h->cache_ids, &h->cache_ids_cap, h->cache_ids_n + (size_t)w + 1,
-             sizeof *h->cache_ids))
+    if (strata_bpe_grow((void **)&h->cache_ids, &h->cache_ids_cap, h->cache_ids_n + (size_t)w + 1,
+                        sizeof *h->cache_ids))
         return HF_OOM;
     stab_slot *slot = stab_add(&h->cache, s, n, hash);
     if (!slot) return HF_OOM;
@@ -1563,7 +1511,7 @@ static int is_numeric(int32_t cp)
 
 static int add_span(span **sp, size_t *cap, size_t *n, size_t off, size_t len, int match)
 {
-    if (grow((void **)sp, cap, *n + 1, sizeof **sp)) return -1;
+    if (strata_bpe_grow((void **)sp, cap, *n + 1, sizeof **sp)) return -1;
     (*sp)[(*n)++] = (span){off, len, match};
     return 0;
 }
@@ -2145,7 +2093,7 @@ strata_err strata_hf_load(strata_hf **out, const char *path)
         return oom();
     }
     uint32_t b2u[256];
-    byte_unicode_tables(b2u, h->u2b);
+    strata_bpe_byte_unicode_tables(b2u, h->u2b);
     uint8_t *text = NULL;
     size_t len = 0;
     strata_err e = read_file(path, &text, &len);

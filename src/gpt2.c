@@ -85,12 +85,7 @@ typedef struct gpt2 {
     size_t drop_words;
 } gpt2;
 
-#define TIMED(field, stmt)                                                                         \
-    do {                                                                                           \
-        double t0_ = strata_wall_seconds();                                                        \
-        stmt;                                                                                      \
-        m->timing->field += strata_wall_seconds() - t0_;                                           \
-    } while (0)
+#define TIMED(field, stmt) STRATA_TIMED(m->timing, field, stmt)
 
 static strata_err gpt2_resolve(strata_model_shape *s)
 {
@@ -99,8 +94,8 @@ static strata_err gpt2_resolve(strata_model_shape *s)
                              s->n_embd, s->n_head);
     if ((s->n_kv_head && s->n_kv_head != s->n_head) ||
         (s->head_dim && s->head_dim * s->n_head != s->n_embd) ||
-        (s->ffn_dim && s->ffn_dim != 4 * s->n_embd) || s->qkv_bias < 0 || s->qk_norm ||
-        s->sliding_window || s->rope_type || (s->norm_eps != 0 && s->norm_eps != 1e-5f))
+        (s->ffn_dim && s->ffn_dim != 4 * s->n_embd) || s->qk_norm || s->sliding_window ||
+        s->rope_type || (s->norm_eps != 0 && s->norm_eps != 1e-5f))
         return strata_errorf(STRATA_EINPUT,
                              "gpt2: only GPT-2's own shape is implemented (n_kv_head = n_head, "
                              "ffn 4C, no QK-norm, no sliding window, no RoPE, eps 1e-5)");

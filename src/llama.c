@@ -99,12 +99,7 @@ typedef struct llama {
     uint32_t *inputs;
 } llama;
 
-#define TIMED(field, stmt)                                                                         \
-    do {                                                                                           \
-        double t0_ = strata_wall_seconds();                                                        \
-        stmt;                                                                                      \
-        m->timing->field += strata_wall_seconds() - t0_;                                           \
-    } while (0)
+#define TIMED(field, stmt) STRATA_TIMED(m->timing, field, stmt)
 
 static strata_err llama_resolve(strata_model_shape *s)
 {

@@ -263,14 +263,16 @@ static void head_chunks(strata_model *m, const float *h, const uint32_t *targets
     for (int r0 = 0; r0 < N; r0 += m->chunk_rows) {
         int n = N - r0 < m->chunk_rows ? N - r0 : m->chunk_rows;
         const float *hc = h + (size_t)r0 * C;
-        STRATA_TIMED(m, matmul, strata_matmul_forward(m->chunk, hc, W, NULL, n, C, Vp, 0.0f));
-        STRATA_TIMED(m, loss,
+        STRATA_TIMED(&m->timing, matmul,
+                     strata_matmul_forward(m->chunk, hc, W, NULL, n, C, Vp, 0.0f));
+        STRATA_TIMED(&m->timing, loss,
                      strata_crossentropy_forward_backward(m->chunk, m->losses + r0, targets + r0, n,
                                                           V, Vp, grad_scale));
         if (grad_scale == 0.0f) continue;
         float *dhc = dh ? dh + (size_t)r0 * C : NULL;
         if (dhc) memset(dhc, 0, (size_t)n * C * sizeof(float));
-        STRATA_TIMED(m, matmul, strata_matmul_backward(dhc, dW, NULL, m->chunk, hc, W, n, C, Vp));
+        STRATA_TIMED(&m->timing, matmul,
+                     strata_matmul_backward(dhc, dW, NULL, m->chunk, hc, W, n, C, Vp));
     }
 }
 
@@ -301,7 +303,8 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
             if (!m->logits) return NAN;
         }
         const float *W = m->params + head_tensor(m)->offset;
-        STRATA_TIMED(m, matmul, strata_matmul_forward(m->logits, h, W, NULL, (int)BT, C, Vp, 0.0f));
+        STRATA_TIMED(&m->timing, matmul,
+                     strata_matmul_forward(m->logits, h, W, NULL, (int)BT, C, Vp, 0.0f));
         return 0.0f;
     }
     head_chunks(m, h, targets, (int)BT, 0.0f, NULL, NULL);

@@ -99,11 +99,12 @@ const strata_dropout_request *strata_model_dropout_request(const strata_model *m
 strata_model_timing *strata_model_timing_counters(strata_model *m);
 double strata_wall_seconds(void);
 
-#define STRATA_TIMED(m, field, stmt)                                                               \
+/* Runs stmt, adding its wall time to (*timing).field. */
+#define STRATA_TIMED(timing, field, stmt)                                                          \
     do {                                                                                           \
         double t0_ = strata_wall_seconds();                                                        \
         stmt;                                                                                      \
-        strata_model_timing_counters(m)->field += strata_wall_seconds() - t0_;                     \
+        (timing)->field += strata_wall_seconds() - t0_;                                            \
     } while (0)
 
 #endif

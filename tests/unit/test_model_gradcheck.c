@@ -356,8 +356,8 @@ static void callbacks_report_each_block_from_the_top_down(void **state)
  * LayerNorm gradients, the embedding scatter, attention per head, the sum of
  * squares) run in a fixed order at any thread count. The whole model's
  * gradient is not held to that: OpenBLAS's sgemm may split a product
- * differently with more threads (its Haswell kernels do: measured with
- * OPENBLAS_CORETYPE=Haswell), so bitwise resume needs the same thread count. */
+ * differently with more threads (some of its kernels do, whichever it picks
+ * on this machine), so bitwise resume needs the same thread count. */
 static void kernel_reductions_are_bitwise_identical_at_any_thread_count(void **state)
 {
     (void)state;
