@@ -321,7 +321,16 @@ static int set_key_value(parse_ctx *p, const key_spec *k, const char *section, c
                 *(int *)field = i;
                 return 1;
             }
-        return fail(p, "unknown value '%s'", section, name, value);
+        {
+            char expected[600];
+            size_t n =
+                (size_t)snprintf(expected, sizeof expected, "unknown value '%s' (expected", value);
+            for (int i = 0; k->names[i] && n < sizeof expected; i++)
+                n += (size_t)snprintf(expected + n, sizeof expected - n, "%s %s",
+                                      i ? (k->names[i + 1] ? "," : " or") : "", k->names[i]);
+            if (n < sizeof expected) snprintf(expected + n, sizeof expected - n, ")");
+            return fail(p, "%s", section, name, expected);
+        }
     case K_BOOL:
         if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes"))
             *(int *)field = 1;
@@ -572,29 +581,57 @@ static void config_shape(const strata_config *c, strata_model_shape *s)
     };
 }
 
-/* A shape key's value as a double, from the config or from a shape. */
-static double shape_key(const key_spec *k, const strata_config *c, const strata_model_shape *s)
-{
-    strata_config tmp;
-    if (s) { /* place the shape's values where the config keeps them */
-        tmp = *c;
-        tmp.model.n_layer = s->n_layer, tmp.model.n_head = s->n_head;
-        tmp.model.n_embd = s->n_embd, tmp.model.block_size = s->block_size;
-        tmp.model.vocab_size = s->vocab_size, tmp.model.family = s->family;
-        tmp.model.n_kv_head = s->n_kv_head, tmp.model.head_dim = s->head_dim;
-        tmp.model.ffn_dim = s->ffn_dim, tmp.model.tied = s->tied;
-        tmp.model.qkv_bias = s->qkv_bias, tmp.model.qk_norm = s->qk_norm;
-        tmp.model.sliding_window = s->sliding_window, tmp.model.norm_eps = s->norm_eps;
-        tmp.model.rope_theta = s->rope_theta, tmp.model.rope_type = s->rope_type;
-        tmp.model.rope_factor = s->rope_factor;
-        tmp.model.rope_low_freq_factor = s->rope_low_freq_factor;
-        tmp.model.rope_high_freq_factor = s->rope_high_freq_factor;
-        tmp.model.rope_original_max = s->rope_original_max;
-        c = &tmp;
+/* [model]'s shape keys and the strata_model_shape field each one sets, for
+ * comparing the keys a config gives with an init checkpoint's shape. */
+enum { SF_INT, SF_FLOAT, SF_DOUBLE };
+#define SF(key, field, kind)                                                                       \
+    {                                                                                              \
+        key, offsetof(strata_model_shape, field), kind                                             \
     }
-    const char *field = (const char *)c + k->offset;
-    if (k->kind == K_DOUBLE) return *(const double *)field;
-    return *(const int *)field;
+static const struct shape_field {
+    const char *key;
+    size_t offset;
+    int kind;
+} shape_fields[] = {
+    SF("n_layer", n_layer, SF_INT),
+    SF("n_head", n_head, SF_INT),
+    SF("n_embd", n_embd, SF_INT),
+    SF("block_size", block_size, SF_INT),
+    SF("vocab_size", vocab_size, SF_INT),
+    SF("family", family, SF_INT),
+    SF("n_kv_head", n_kv_head, SF_INT),
+    SF("head_dim", head_dim, SF_INT),
+    SF("ffn_dim", ffn_dim, SF_INT),
+    SF("tied", tied, SF_INT),
+    SF("qkv_bias", qkv_bias, SF_INT),
+    SF("qk_norm", qk_norm, SF_INT),
+    SF("sliding_window", sliding_window, SF_INT),
+    SF("norm_eps", norm_eps, SF_FLOAT),
+    SF("rope_theta", rope_theta, SF_DOUBLE),
+    SF("rope_scaling", rope_type, SF_INT),
+    SF("rope_factor", rope_factor, SF_DOUBLE),
+    SF("rope_low_freq_factor", rope_low_freq_factor, SF_DOUBLE),
+    SF("rope_high_freq_factor", rope_high_freq_factor, SF_DOUBLE),
+    SF("rope_original_max", rope_original_max, SF_INT),
+};
+#undef SF
+
+/* A field's value; floats compared as stored (norm_eps is a float). */
+static double shape_value(const strata_model_shape *s, const struct shape_field *f)
+{
+    const char *p = (const char *)s + f->offset;
+    if (f->kind == SF_INT) return *(const int *)p;
+    if (f->kind == SF_FLOAT) return *(const float *)p;
+    return *(const double *)p;
+}
+
+/* Whether the config gave [model] key (set_key marks it). */
+static int given(const strata_config *c, const char *key)
+{
+    for (size_t i = 0; i < N_KEYS && i < 8 * sizeof c->model.given; i++)
+        if (!strcmp(keys[i].section, "model") && !strcmp(keys[i].name, key))
+            return (int)(c->model.given >> i & 1);
+    return 0;
 }
 
 strata_err strata_config_model_shape(const strata_config *c, const strata_model_shape *file,
@@ -610,13 +647,13 @@ strata_err strata_config_model_shape(const strata_config *c, const strata_model_
     strata_model_shape want;
     config_shape(c, &want);
     strata_model_resolve_shape(&want);
-    for (size_t i = 0; i < N_KEYS && i < 8 * sizeof c->model.given; i++) {
-        if (!(c->model.given >> i & 1)) continue;
-        double a = shape_key(&keys[i], c, &want), b = shape_key(&keys[i], c, file);
-        if (keys[i].kind == K_DOUBLE ? (float)a != (float)b : a != b)
+    for (size_t i = 0; i < sizeof shape_fields / sizeof shape_fields[0]; i++) {
+        const struct shape_field *f = &shape_fields[i];
+        double a = shape_value(&want, f), b = shape_value(file, f);
+        if (given(c, f->key) && a != b)
             return strata_errorf(STRATA_EINPUT,
                                  "%s: [model] %s is %g in the config but %g in init checkpoint %s",
-                                 c->path, keys[i].name, a, b, c->model.init);
+                                 c->path, f->key, a, b, c->model.init);
     }
     *out = *file;
     return strata_ok();
