@@ -26,6 +26,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "file.h"
+
 /* Chunks of up to 1 MiB: large enough that HDF5's per-chunk work (an index
  * entry, one write(2)) is noise next to the bytes, small enough that the
  * copy and checksum of a chunk stay in cache. Each chunk is one write(2),
@@ -92,58 +94,6 @@ static strata_err h5_fail(int code, const char *path, const char *what_fmt, ...)
 static void close_id(hid_t id, herr_t (*close)(hid_t))
 {
     if (id >= 0) close(id);
-}
-
-/* ---- files on disk: temporary names, fsync, rename ------------------------ */
-
-static strata_err fsync_fd_path(const char *path, int flags)
-{
-    int fd;
-    do fd = open(path, flags | O_CLOEXEC);
-    while (fd < 0 && errno == EINTR);
-    if (fd < 0)
-        return strata_errorf(STRATA_EFAIL, "%s: cannot open to sync: %s", path, strerror(errno));
-    int rc;
-    do rc = fsync(fd);
-    while (rc < 0 && errno == EINTR);
-    /* Some file systems cannot fsync a directory (EINVAL); nothing more can
-     * be done there, and the rename itself is still atomic. */
-    int bad = rc < 0 && !(errno == EINVAL && (flags & O_DIRECTORY));
-    int saved = errno;
-    close(fd);
-    if (bad) return strata_errorf(STRATA_EFAIL, "%s: fsync failed: %s", path, strerror(saved));
-    return strata_ok();
-}
-
-/* dir receives the directory of path ("." when none); *base its last part. */
-static strata_err split_path(const char *path, char *dir, size_t dir_len, const char **base)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash) {
-        snprintf(dir, dir_len, ".");
-        *base = path;
-    } else {
-        size_t n = slash == path ? 1 : (size_t)(slash - path);
-        if (n >= dir_len) return strata_errorf(STRATA_EINPUT, "%s: path too long", path);
-        memcpy(dir, path, n);
-        dir[n] = 0;
-        *base = slash + 1;
-    }
-    if (!**base) return strata_errorf(STRATA_EINPUT, "%s: names a directory, not a file", path);
-    return strata_ok();
-}
-
-/* Moves tmp (written, closed) to path so that a crash at any moment leaves
- * either the old path or the complete new one: data on disk first, then the
- * name, then the directory entry on disk. */
-static strata_err publish(const char *tmp, const char *path, const char *dir)
-{
-    strata_err e = fsync_fd_path(tmp, O_RDONLY);
-    if (e.code) return e;
-    if (rename(tmp, path) < 0)
-        return strata_errorf(STRATA_EFAIL, "%s: cannot rename %s into place: %s", path, tmp,
-                             strerror(errno));
-    return fsync_fd_path(dir, O_RDONLY | O_DIRECTORY);
 }
 
 /* ---- writing ------------------------------------------------------------- */
@@ -525,16 +475,15 @@ strata_err strata_ckpt_write(const char *path, const strata_model *m, const floa
     h5_quiet();
     if (!adam_m != !adam_v)
         return strata_errorf(STRATA_EFAIL, "%s: Adam's m and v must be saved together", path);
-    char dir[PATH_MAX], tmp[PATH_MAX];
-    const char *base = NULL;
-    STRATA_TRY(split_path(path, dir, sizeof dir, &base));
-    if (snprintf(tmp, sizeof tmp, "%s/.%s.tmp-%ld", dir, base, (long)getpid()) >= (int)sizeof tmp)
-        return strata_errorf(STRATA_EINPUT, "%s: path too long", path);
-    unlink(tmp); /* ours from an earlier, failed attempt */
-    strata_err e = write_file(tmp, path, m, adam_m, adam_v, st);
-    if (!e.code) e = publish(tmp, path, dir);
-    if (e.code) unlink(tmp);
-    return e;
+    strata_out_file o;
+    STRATA_TRY(strata_out_name(&o, path));
+    unlink(o.tmp); /* ours from an earlier, failed attempt */
+    strata_err e = write_file(o.tmp, path, m, adam_m, adam_v, st);
+    if (e.code) {
+        strata_out_abort(&o);
+        return e;
+    }
+    return strata_out_publish(&o);
 }
 
 /* ---- reading ------------------------------------------------------------- */
@@ -1007,25 +956,14 @@ static strata_err list_ckpts(const char *dir, ckpt_list *out)
     return strata_ok();
 }
 
-/* Writes dir/latest naming file, by the same temporary-name protocol. */
+/* Writes dir/latest naming file, by the same durability rule (file.h). */
 static strata_err write_latest(const char *dir, const char *file)
 {
-    char tmp[PATH_MAX], path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/latest", dir) >= (int)sizeof path ||
-        snprintf(tmp, sizeof tmp, "%s/.latest.tmp-%ld", dir, (long)getpid()) >= (int)sizeof tmp)
+    char path[PATH_MAX], line[PATH_MAX];
+    int n = snprintf(line, sizeof line, "%s\n", file);
+    if (snprintf(path, sizeof path, "%s/latest", dir) >= (int)sizeof path || n >= (int)sizeof line)
         return strata_errorf(STRATA_EINPUT, "%s: path too long", dir);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return strata_errorf(STRATA_EFAIL, "%s: cannot create: %s", tmp, strerror(errno));
-    int bad = fprintf(f, "%s\n", file) < 0;
-    bad |= fclose(f) != 0;
-    if (bad) {
-        int saved = errno;
-        unlink(tmp);
-        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", tmp, strerror(saved));
-    }
-    strata_err e = publish(tmp, path, dir);
-    if (e.code) unlink(tmp);
-    return e;
+    return strata_write_atomic(path, line, (size_t)n);
 }
 
 /* Removes temporary files that a killed save left behind: ours are named
@@ -1051,24 +989,6 @@ static void remove_stale_temporaries(const char *dir)
     closedir(d);
 }
 
-static strata_err make_dirs(const char *dir)
-{
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return strata_errorf(STRATA_EINPUT, "%s: path too long", dir);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p) continue;
-        char c = *p;
-        *p = 0;
-        if (mkdir(buf, 0777) < 0 && errno != EEXIST)
-            return strata_errorf(STRATA_EFAIL, "%s: cannot create directory: %s", buf,
-                                 strerror(errno));
-        if (!c) break;
-        *p = c;
-    }
-    return strata_ok();
-}
-
 strata_err strata_ckpt_save(const char *dir, const strata_model *m, const float *adam_m,
                             const float *adam_v, const strata_ckpt_state *st, int keep,
                             long keep_every, char *saved, size_t saved_len)
@@ -1079,7 +999,7 @@ strata_err strata_ckpt_save(const char *dir, const strata_model *m, const float 
     snprintf(name, sizeof name, "ckpt-%ld.h5", step);
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return strata_errorf(STRATA_EINPUT, "%s: path too long", dir);
-    STRATA_TRY(make_dirs(dir));
+    STRATA_TRY(strata_mkdir_p(dir));
     remove_stale_temporaries(dir);
     STRATA_TRY(strata_ckpt_write(path, m, adam_m, adam_v, st));
     STRATA_TRY(write_latest(dir, name));
@@ -1099,7 +1019,7 @@ strata_err strata_ckpt_save(const char *dir, const strata_model *m, const float 
         if (unlink(old) == 0) removed = 1;
     }
     free(list.steps);
-    if (removed) return fsync_fd_path(dir, O_RDONLY | O_DIRECTORY);
+    if (removed) return strata_sync_dir(dir);
     return strata_ok();
 }
 

@@ -889,11 +889,7 @@ strata_err strata_hf_export(const strata_model *m, const char *dir, int dtype,
         return strata_errorf(STRATA_EINPUT,
                              "%s: no Hugging Face model_type for family %d variant %d", dir,
                              s->family, s->variant);
-    if (mkdir(dir, 0777) < 0 && errno != EEXIST)
-        return strata_errorf(STRATA_EFAIL, "%s: cannot create: %s", dir, strerror(errno));
-    struct stat sb;
-    if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode))
-        return strata_errorf(STRATA_EINPUT, "%s: not a directory", dir);
+    STRATA_TRY(strata_mkdir_p(dir));
     /* Shards in table order: a tensor starts a new shard when it would push
      * a non-empty one past the limit (as save_pretrained does). */
     int n = strata_model_n_tensors(m);

@@ -6,46 +6,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+
+#include "file.h"
 
 struct strata_metrics {
     FILE *f;
     char path[4096];
 };
 
-/* mkdir -p of path's directory. */
-static strata_err make_parent_dirs(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return strata_ok();
-    *slash = 0;
-    for (char *p = dir + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = 0;
-        if (mkdir(dir, 0777) && errno != EEXIST)
-            return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir,
-                                 strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(dir, 0777) && errno != EEXIST)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", dir,
-                             strerror(errno));
-    return strata_ok();
-}
-
 /* Rewrites path keeping only complete records with step <= last_step. */
 static strata_err truncate_after(const char *path, long last_step)
 {
     FILE *in = fopen(path, "r");
     if (!in) return strata_ok(); /* nothing logged yet */
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
+    strata_out_file out;
+    strata_err e = strata_out_open(&out, path);
+    if (e.code) {
         fclose(in);
-        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", tmp, strerror(errno));
+        return e;
     }
     char *line = NULL;
     size_t cap = 0;
@@ -55,19 +33,17 @@ static strata_err truncate_after(const char *path, long last_step)
         json_t *obj = json_loads(line, 0, NULL);
         json_t *step = obj ? json_object_get(obj, "step") : NULL;
         if (step && json_is_integer(step) && json_integer_value(step) <= last_step)
-            fputs(line, out);
+            strata_out_write(&out, line, (size_t)n);
         json_decref(obj);
     }
     free(line);
     fclose(in);
-    if (fclose(out) || rename(tmp, path))
-        return strata_errorf(STRATA_EFAIL, "%s: cannot rewrite: %s", path, strerror(errno));
-    return strata_ok();
+    return strata_out_finish(&out);
 }
 
 strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep_through_step)
 {
-    STRATA_TRY(make_parent_dirs(path));
+    STRATA_TRY(strata_mkdir_parent(path));
     if (keep_through_step >= 0) STRATA_TRY(truncate_after(path, keep_through_step));
     strata_metrics *m = calloc(1, sizeof *m);
     if (!m) return strata_errorf(STRATA_EFAIL, "out of memory");

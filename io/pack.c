@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "file.h"
+
 #include "strata/shard.h"
 
 /* Provided by io/shard_write.c: drops a shard being written (its temporary
@@ -221,26 +223,22 @@ static strata_err pack_one(packer *p, const char *path, sink *dest, double val_f
 
 static strata_err write_manifest(const sink *s, int64_t tokens)
 {
-    char path[4096], tmp[4200], shard[4096];
+    char path[4096], shard[4096], line[4200];
     int n = snprintf(path, sizeof path, "%s.manifest", s->prefix);
     if (n < 0 || (size_t)n >= sizeof path)
         return strata_errorf(STRATA_EINPUT, "%s: output name too long", s->prefix);
-    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return strata_errorf(STRATA_EINPUT, "%s: cannot create: %s", tmp, strerror(errno));
-    fprintf(f, "# strata pack: %d shards, %lld tokens\n", s->n_files, (long long)tokens);
+    strata_out_file o;
+    STRATA_TRY(strata_out_open(&o, path));
+    n = snprintf(line, sizeof line, "# strata pack: %d shards, %lld tokens\n", s->n_files,
+                 (long long)tokens);
+    strata_out_write(&o, line, (size_t)n);
     for (int i = 0; i < s->n_files; i++) {
         sink_path(s, i, shard, sizeof shard);
-        fprintf(f, "%s\n", basename(shard)); /* the manifest sits beside its shards */
+        /* the manifest sits beside its shards */
+        n = snprintf(line, sizeof line, "%s\n", basename(shard));
+        strata_out_write(&o, line, (size_t)n);
     }
-    int bad = fflush(f) || fsync(fileno(f));
-    bad |= fclose(f);
-    if (bad || rename(tmp, path)) {
-        int err = errno;
-        unlink(tmp);
-        return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", path, strerror(err));
-    }
-    return strata_ok();
+    return strata_out_finish(&o);
 }
 
 static strata_err check_inputs(const strata_pack_opts *o, const char *const *files, int n_files)

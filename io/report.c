@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "file.h"
+
 static const char *const field_names[STRATA_REPORT_N_FIELDS] = {
     "loss", "loss_new", "loss_replay", "lr", "tokens_per_s", "tokens",
 };
@@ -728,13 +730,7 @@ static char *join(const char *dir, const char *name)
 /* Writes text to path; a short write (a full disk) is an error. */
 static strata_err write_file(const char *path, const char *text)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) return strata_errorf(STRATA_EFAIL, "%s: cannot create: %s", path, strerror(errno));
-    size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n;
-    bad |= fclose(f) != 0;
-    if (bad) return strata_errorf(STRATA_EFAIL, "%s: cannot write: %s", path, strerror(errno));
-    return strata_ok();
+    return strata_write_atomic(path, text, strlen(text));
 }
 
 strata_err strata_report_write_script(const char *dir, const strata_report_run *runs, size_t n_runs,
@@ -829,35 +825,11 @@ strata_err strata_report_plot(const char *dir)
 
 /* ------------------------------------------------------------------ write */
 
-/* mkdir -p: every missing directory on the way to dir. */
-static strata_err make_dirs(const char *dir)
-{
-    char *p = strdup(dir);
-    if (!p) return oom(dir);
-    strata_err e = strata_ok();
-    for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char c = *s;
-        *s = '\0';
-        if (mkdir(p, 0777) && errno != EEXIST) {
-            e = strata_errorf(STRATA_EFAIL, "%s: cannot create directory: %s", p, strerror(errno));
-            break;
-        }
-        *s = c;
-        if (!c) break;
-    }
-    struct stat st;
-    if (!e.code && (stat(dir, &st) || !S_ISDIR(st.st_mode)))
-        e = strata_errorf(STRATA_EINPUT, "%s: not a directory", dir);
-    free(p);
-    return e;
-}
-
 strata_err strata_report_write(const char *dir, const strata_report_run *runs, size_t n_runs,
                                int plots, int *n_plots)
 {
     *n_plots = 0;
-    STRATA_TRY(make_dirs(dir));
+    STRATA_TRY(strata_mkdir_p(dir));
     char *md = NULL;
     STRATA_TRY(strata_report_markdown(runs, n_runs, &md));
     char *path = join(dir, "summary.md");

@@ -4,9 +4,9 @@
  * at a time, so HDF5 writes each chunk once, straight through, without its
  * chunk cache. The /tokens dataset is created at the first full chunk; a
  * shard smaller than one chunk gets a single chunk of its own size (a tiny
- * shard stays tiny on disk). The file is written as "<path>.tmp-<pid>",
- * fsync'd, renamed over path and the directory fsync'd: a reader sees the
- * old file or the whole new one, never half.
+ * shard stays tiny on disk). HDF5 writes the file under io/file.h's
+ * temporary name, which is then published by file.h's one durability rule:
+ * a reader sees the old file or the whole new one, never half.
  *
  * On disk: /tokens uint16 (vocab_size <= 65536) or uint32, little-endian,
  * 1-D, chunked, optionally shuffle+deflate; its attributes vocab_size and
@@ -15,21 +15,22 @@
  * was started.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <hdf5.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include "file.h"
 
 #include "strata/shard.h"
 
 #define DEFAULT_CHUNK_TOKENS ((int64_t)1 << 20)
 
 struct strata_shard_writer {
-    char *path, *tmp;
-    hid_t file, tokens; /* tokens < 0 until the first chunk is written */
+    char *path;
+    strata_out_file out; /* out.tmp[0] == 0: no temporary file to remove */
+    hid_t file, tokens;  /* tokens < 0 until the first chunk is written */
     int vocab_size, eot_token, deflate, wide;
     char tokenizer[16];
     char hash[65]; /* "" = not written */
@@ -97,9 +98,8 @@ static void discard(strata_shard_writer *w)
 {
     if (w->tokens >= 0) H5Dclose(w->tokens);
     if (w->file >= 0) H5Fclose(w->file);
-    if (w->tmp) unlink(w->tmp);
+    if (w->out.tmp[0]) unlink(w->out.tmp);
     free(w->path);
-    free(w->tmp);
     free(w->buf);
     free(w->docs);
     free(w);
@@ -151,21 +151,23 @@ strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
         w->bos_token = o->bos_token;
     }
     w->chunk = o->chunk_tokens ? o->chunk_tokens : DEFAULT_CHUNK_TOKENS;
-    size_t tmp_len = strlen(path) + 32;
     w->path = strdup(path);
-    w->tmp = malloc(tmp_len);
     w->buf = malloc((size_t)w->chunk * (w->wide ? 4 : 2));
-    if (!w->path || !w->tmp || !w->buf) {
-        free(w->tmp);
-        w->tmp = NULL; /* nothing to unlink yet */
+    if (!w->path || !w->buf) {
         discard(w);
         return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
     }
-    snprintf(w->tmp, tmp_len, "%s.tmp-%ld", path, (long)getpid());
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    strata_err named = strata_out_name(&w->out, w->path);
+    if (named.code) {
+        w->out.tmp[0] = 0; /* nothing to unlink yet */
+        discard(w);
+        return named;
+    }
+    errno = 0;
+    w->file = H5Fcreate(w->out.tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     if (w->file < 0) {
         int err = errno;
-        strata_err e = strata_errorf(STRATA_EINPUT, "%s: cannot create %s%s%s", path, w->tmp,
+        strata_err e = strata_errorf(STRATA_EINPUT, "%s: cannot create %s%s%s", path, w->out.tmp,
                                      err ? ": " : "", err ? strerror(err) : "");
         discard(w);
         return e;
@@ -271,16 +273,6 @@ static strata_err write_docs(strata_shard_writer *w)
     return strata_ok();
 }
 
-/* fsync a file or directory by name. */
-static int sync_path(const char *p, int dir)
-{
-    int fd = open(p, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int r = fsync(fd);
-    close(fd);
-    return r;
-}
-
 strata_err strata_shard_writer_close(strata_shard_writer *w)
 {
     if (!w) return strata_ok();
@@ -303,21 +295,10 @@ strata_err strata_shard_writer_close(strata_shard_writer *w)
     if (H5Fclose(w->file) < 0) st = -1;
     w->file = H5I_INVALID_HID;
     if (st < 0) {
-        e = strata_errorf(STRATA_EFAIL, "%s: cannot finish %s (disk full?)", w->path, w->tmp);
-    } else if (sync_path(w->tmp, 0)) {
-        e = strata_errorf(STRATA_EFAIL, "%s: fsync: %s", w->tmp, strerror(errno));
-    } else if (rename(w->tmp, w->path)) {
-        e = strata_errorf(STRATA_EINPUT, "%s: cannot rename %s into place: %s", w->path, w->tmp,
-                          strerror(errno));
+        e = strata_errorf(STRATA_EFAIL, "%s: cannot finish %s (disk full?)", w->path, w->out.tmp);
     } else {
-        free(w->tmp);
-        w->tmp = NULL; /* in place: nothing to unlink */
-        char *copy = strdup(w->path);
-        /* the rename is durable only once the directory is on disk */
-        if (copy && sync_path(dirname(copy), 1))
-            e = strata_errorf(STRATA_EFAIL, "%s: fsync of its directory: %s", w->path,
-                              strerror(errno));
-        free(copy);
+        e = strata_out_publish(&w->out);
+        w->out.tmp[0] = 0; /* in place, or removed by the failed publish */
     }
     discard(w);
     return e;
