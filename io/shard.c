@@ -30,7 +30,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
+
+#include "h5check.h"
+#include "h5inflate.h"
 
 /* What a filtered chunk must look like before HDF5 may read it (see
  * check_chunk): chunks are checked at their first read, since HDF5 1.10
@@ -43,37 +45,13 @@ typedef struct chunk_rules {
     uint8_t *checked;  /* one bit per chunk; NULL when unfiltered or decoded here */
 } chunk_rules;
 
-/* Chunks compressed with deflate (and shuffle, as `strata pack` and h5py
- * write them) are read raw and decoded here: HDF5 1.10 copies a whole
- * chunk out of whatever its filters returned, so a damaged chunk or chunk
- * shape makes it read past its buffer, and no check from outside can see
- * the inflated size before HDF5 trusts it. Decoded chunks are kept, least
- * recently used out. */
-#define MAX_FILTERS 8
-typedef struct decoded {
-    int64_t chunk; /* -1: empty */
-    uint8_t *data; /* chunk_bytes, file byte order */
-    uint64_t used;
-} decoded;
-
-typedef struct own_decoder {
-    int on;
-    int n_filters;
-    int filter[MAX_FILTERS]; /* H5Z_FILTER_DEFLATE or H5Z_FILTER_SHUFFLE, in pipeline order */
-    uint8_t *raw, *work[2];  /* a stored chunk; two chunks of scratch */
-    size_t raw_cap;
-    decoded *cache;
-    int n_cache;
-    uint64_t tick;
-} own_decoder;
-
 struct strata_shard {
     char *path;
     hid_t file, dset;
     strata_shard_info info;
     int big_endian; /* byte order of /tokens in the file */
     chunk_rules rules;
-    own_decoder dec;
+    strata_h5_decoder dec;
     uint16_t *scratch; /* uint16 shards are read here, then widened */
     size_t scratch_cap;
 };
@@ -83,25 +61,6 @@ struct strata_shard {
 #define MAX_TOKENS ((int64_t)1 << 48)
 
 static void hdf5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
-
-static herr_t innermost_cb(unsigned n, const H5E_error2_t *e, void *data)
-{
-    char *buf = data;
-    if (n == 0 && e->desc) snprintf(buf, 256, "%s", e->desc);
-    return 0;
-}
-
-/* The innermost message on this thread's HDF5 error stack, made one line,
- * or "" if none; the stack is cleared. */
-static const char *hdf5_reason(char buf[256])
-{
-    buf[0] = 0;
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_cb, buf);
-    H5Eclear2(H5E_DEFAULT);
-    for (char *p = buf; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
-    return buf;
-}
 
 /* How a message names an HDF5 type: "uint16", "float64", "a string". */
 static void type_name(hid_t t, char *buf, size_t n)
@@ -130,7 +89,7 @@ static strata_err attr_unreadable(const char *path, const char *name)
 {
     char why[256];
     return strata_errorf(STRATA_EINPUT, "%s: attribute %s is unreadable (%s)", path, name,
-                         hdf5_reason(why));
+                         strata_hdf5_reason(why));
 }
 
 /* Opens attribute name of /tokens and checks it holds one value of class
@@ -143,12 +102,12 @@ static strata_err open_attr(hid_t obj, const char *path, const char *name, H5T_c
     htri_t ex = H5Aexists(obj, name);
     if (ex < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot read attributes of /tokens (%s)", path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     if (ex == 0) return strata_errorf(STRATA_EINPUT, "%s: /tokens has no %s attribute", path, name);
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     if (attr < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot open attribute %s (%s)", path, name,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     int is_int = cls == H5T_INTEGER;
     strata_err e = strata_ok();
     hid_t type = H5Aget_type(attr), sp = H5Aget_space(attr);
@@ -187,377 +146,6 @@ static strata_err read_int_attr(hid_t obj, const char *path, const char *name, i
     return e;
 }
 
-/* ---- attribute messages: check before HDF5 decodes them ---------------
- *
- * HDF5 1.10 trusts the attribute messages of an object header (version 1
- * headers carry no checksum): a damaged name length, datatype or dataspace
- * makes its decoder copy past its buffers. And a variable-length string
- * attribute holds (length, heap collection address, object index) whose
- * bytes live in a global heap collection that H5HG_read trusts too: a bad
- * index copies from a wild pointer, a bad size overruns the buffer, a
- * zero-sized free-space record loops forever. h5py writes every str
- * attribute this way. So before HDF5 touches the attributes of an object
- * from an untrusted file, we read its object header ourselves (plain reads,
- * header versions 1 and 2, following continuation chunks), apply to every
- * attribute message the bounds checks later HDF5 releases added, and walk
- * any heap collection a string points into exactly as HDF5 will. */
-
-typedef struct rawfile {
-    int fd;
-    uint64_t eof, base;
-    unsigned sa, ss; /* sizes of addresses and lengths */
-} rawfile;
-
-static uint64_t le(const unsigned char *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = n; i-- > 0;) v = v << 8 | p[i];
-    return v;
-}
-
-static int raw_read(const rawfile *r, uint64_t addr, void *buf, size_t n)
-{
-    if (addr > r->eof || r->base > r->eof - addr || n > r->eof - r->base - addr) return -1;
-    return pread(r->fd, buf, n, (off_t)(r->base + addr)) == (ssize_t)n ? 0 : -1;
-}
-
-static uint64_t align8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
-
-#define MAX_CHUNKS      64
-#define MAX_CHUNK_BYTES ((size_t)1 << 20)
-
-typedef struct hdr_scan {
-    const char *name; /* attribute whose vlen descriptor we want, or NULL */
-    int found;
-    unsigned char desc[16]; /* its descriptor: length, heap address, index */
-    const char *problem;    /* the first damage seen */
-    uint64_t cont_addr[MAX_CHUNKS], cont_len[MAX_CHUNKS];
-    int n_cont;
-} hdr_scan;
-
-/* Size in the file of one element of the datatype encoded at dt (n bytes
- * available), checked as strictly as HDF5's decoder checks it (its error
- * paths are no safer than its bounds); 0 when not sane. *used receives the
- * encoding's length. Classes whose members we do not walk (compound, array,
- * time, reference) pass on their size field alone. */
-static uint64_t dtype_check(const rawfile *r, const unsigned char *dt, uint64_t n, int depth,
-                            uint64_t *used)
-{
-    if (n < 8 || depth > 4) return 0;
-    unsigned cls = dt[0] & 0x0f, version = dt[0] >> 4;
-    uint64_t size = le(dt + 4, 4);
-    *used = 8;
-    if (version < 1 || version > 3 || cls > 10 || size == 0 || size > ((uint64_t)1 << 24)) return 0;
-    switch (cls) {
-    case 0: /* integer: bit offset, precision */
-    case 4: /* bitfield */
-        if (n < 12 || le(dt + 8, 2) + le(dt + 10, 2) > 8 * size || le(dt + 10, 2) == 0) return 0;
-        *used = 12;
-        return size;
-    case 1: /* float: offset, precision, exponent and mantissa fields, bias */
-        if (n < 20 || le(dt + 8, 2) + le(dt + 10, 2) > 8 * size || le(dt + 10, 2) == 0) return 0;
-        *used = 20;
-        return size;
-    case 3: /* fixed-length string */
-        return size;
-    case 9: { /* variable-length: sequence (type 0) or string (type 1) of a base type */
-        unsigned kind = dt[1] & 0x0f;
-        uint64_t bused = 0, bsize = dtype_check(r, dt + 8, n - 8, depth + 1, &bused);
-        if (kind > 1 || bsize == 0 || (kind == 1 && bsize != 1) || size != 4 + r->sa + 4) return 0;
-        *used = 8 + bused;
-        return 4 + r->sa + 4; /* on disk: length and a heap reference */
-    }
-    case 8: { /* enum: base type, then member names and values */
-        uint64_t nmemb = le(dt + 1, 2), bused = 0;
-        uint64_t bsize = dtype_check(r, dt + 8, n - 8, depth + 1, &bused);
-        if (bsize == 0 || bsize != size || nmemb > 65535) return 0;
-        uint64_t pos = 8 + bused;
-        for (uint64_t i = 0; i < nmemb; i++) {
-            const unsigned char *nm = dt + pos;
-            size_t len = pos < n ? strnlen((const char *)nm, n - pos) : 0;
-            if (pos >= n || len == n - pos) return 0;
-            pos += version < 3 ? align8(len + 1) : len + 1;
-        }
-        if (pos > n || nmemb * size > n - pos) return 0;
-        *used = pos + nmemb * size;
-        return size;
-    }
-    default:
-        return size;
-    }
-}
-
-/* Elements in the dataspace message ds (n bytes); -1 when not sane. */
-static int64_t dspace_points(const rawfile *r, const unsigned char *ds, uint64_t n)
-{
-    if (n < 4) return -1;
-    unsigned version = ds[0], rank = ds[1], flags = ds[2];
-    uint64_t head = version == 1 ? 8 : 4;
-    if (version < 1 || version > 2 || rank > 32) return -1;
-    if (version == 2 && ds[3] == 2) return 0; /* null dataspace */
-    if (version == 2 && ds[3] == 0) return 1; /* scalar */
-    if (version == 2 && ds[3] != 1) return -1;
-    if (flags & ~3u || (version == 2 && (flags & 2))) return -1;
-    if (rank == 0) return 1;
-    uint64_t per = flags & 1 ? 2 : 1;
-    if (head + (uint64_t)rank * r->ss * per > n) return -1;
-    uint64_t np = 1, unlimited = r->ss == 8 ? ~(uint64_t)0 : ((uint64_t)1 << (8 * r->ss)) - 1;
-    for (unsigned i = 0; i < rank; i++) {
-        uint64_t d = le(ds + head + (uint64_t)i * r->ss, r->ss);
-        if (flags & 1) { /* a maximum below the size is damage */
-            uint64_t mx = le(ds + head + ((uint64_t)rank + i) * r->ss, r->ss);
-            if (mx != unlimited && mx < d) return -1;
-        }
-        if (d && np > (((uint64_t)1 << 62) / d)) return -1;
-        np *= d;
-    }
-    return (int64_t)np;
-}
-
-/* Checks one attribute message m of n bytes as HDF5 will decode it, and
- * keeps the descriptor of the attribute sought. */
-static void check_attr_message(const rawfile *r, const unsigned char *m, uint64_t n, hdr_scan *sc)
-{
-    if (n < 8) {
-        sc->problem = "an attribute message is truncated";
-        return;
-    }
-    unsigned version = m[0], flags = m[1];
-    uint64_t name_len = le(m + 2, 2), dt_len = le(m + 4, 2), ds_len = le(m + 6, 2);
-    uint64_t pos = version >= 3 ? 9 : 8;
-    if (version < 1 || version > 3 || (version >= 2 && (flags & ~3u))) {
-        sc->problem = "an attribute message has a bad version or flags";
-        return;
-    }
-    if (name_len == 0 || pos + name_len > n ||
-        strnlen((const char *)m + pos, name_len) + 1 != name_len) {
-        sc->problem = "an attribute name is damaged";
-        return;
-    }
-    const char *name = (const char *)m + pos;
-    pos += version == 1 ? align8(name_len) : name_len;
-    const unsigned char *dt = m + pos;
-    if (pos + dt_len > n) {
-        sc->problem = "an attribute datatype is damaged";
-        return;
-    }
-    pos += version == 1 ? align8(dt_len) : dt_len;
-    const unsigned char *ds = m + pos;
-    if (pos + ds_len > n) {
-        sc->problem = "an attribute dataspace is damaged";
-        return;
-    }
-    pos += version == 1 ? align8(ds_len) : ds_len;
-    /* Shared datatypes or dataspaces live elsewhere; HDF5 checks those. */
-    uint64_t used = 0, esize = flags & 1 ? 1 : dtype_check(r, dt, dt_len, 0, &used);
-    if (!(flags & 1) && used > dt_len) esize = 0;
-    int64_t np = flags & 2 ? 0 : dspace_points(r, ds, ds_len);
-    if (esize == 0 || esize > ((uint64_t)1 << 24) || np < 0) {
-        sc->problem = "an attribute's type or shape is damaged";
-        return;
-    }
-    if (!(flags & 3) && ((uint64_t)np > (((uint64_t)1 << 62) / esize) || pos > n ||
-                         (uint64_t)np * esize > n - pos)) {
-        sc->problem = "an attribute's data overruns its message";
-        return;
-    }
-    if (sc->name && !sc->found && strcmp(name, sc->name) == 0 && (dt[0] & 0x0f) == 9 &&
-        !(flags & 3) && np == 1) {
-        memcpy(sc->desc, m + pos, 4 + r->sa + 4);
-        sc->found = 1;
-    }
-}
-
-/* Walks the messages of one header chunk, v1 or v2 layout. */
-static int scan_messages(const rawfile *r, const unsigned char *b, size_t len, int v2,
-                         int crt_order, hdr_scan *sc)
-{
-    size_t off = 0, mh = v2 ? (crt_order ? 6 : 4) : 8;
-    while (off + mh <= len && !sc->problem) {
-        unsigned type = v2 ? b[off] : (unsigned)le(b + off, 2);
-        size_t size = (size_t)le(b + off + (v2 ? 1 : 2), 2);
-        unsigned flags = b[off + (v2 ? 3 : 4)];
-        const unsigned char *m = b + off + mh;
-        if (size > len - off - mh) return -1;
-        if (type == 0x10) { /* continuation: another chunk of this header */
-            if (size < r->sa + r->ss || sc->n_cont >= MAX_CHUNKS) return -1;
-            sc->cont_addr[sc->n_cont] = le(m, r->sa);
-            sc->cont_len[sc->n_cont] = le(m + r->sa, r->ss);
-            sc->n_cont++;
-        } else if (type == 0x0c && !(flags & 0x02)) { /* an attribute, stored here */
-            check_attr_message(r, m, size, sc);
-        }
-        off += mh + size;
-    }
-    return 0;
-}
-
-/* Scans the object header at addr; -1 if its chunks do not parse. */
-static int scan_header(const rawfile *r, uint64_t addr, unsigned version, hdr_scan *sc)
-{
-    unsigned char pre[64];
-    size_t len;
-    uint64_t at;
-    int crt_order = 0;
-    if (version == 1) {
-        if (raw_read(r, addr, pre, 16) || pre[0] != 1) return -1;
-        len = (size_t)le(pre + 8, 4);
-        at = addr + 16;
-    } else {
-        if (raw_read(r, addr, pre, 6) || memcmp(pre, "OHDR", 4) || pre[4] != 2) return -1;
-        unsigned fl = pre[5];
-        size_t h = 6 + (fl & 0x20 ? 16 : 0) + (fl & 0x10 ? 4 : 0);
-        unsigned csz = 1u << (fl & 3);
-        if (raw_read(r, addr, pre, h + csz)) return -1;
-        len = (size_t)le(pre + h, csz); /* messages only: the checksum follows */
-        at = addr + h + csz;
-        crt_order = (fl & 0x04) != 0;
-    }
-    for (int chunk = 0;; chunk++) {
-        if (len > MAX_CHUNK_BYTES) return -1;
-        unsigned char *b = malloc(len ? len : 1);
-        if (!b || raw_read(r, at, b, len)) {
-            free(b);
-            return -1;
-        }
-        size_t body = len, skip = 0;
-        if (version == 2 && chunk) { /* later chunks: "OCHK", messages, checksum */
-            skip = 4;
-            if (body < 8 || memcmp(b, "OCHK", 4)) {
-                free(b);
-                return -1;
-            }
-            body -= 8;
-        }
-        int rc = scan_messages(r, b + skip, body, version == 2, crt_order, sc);
-        free(b);
-        if (rc < 0) return -1;
-        if (sc->problem || chunk >= sc->n_cont) return 0;
-        at = sc->cont_addr[chunk];
-        if (sc->cont_len[chunk] > MAX_CHUNK_BYTES) return -1;
-        len = (size_t)sc->cont_len[chunk];
-    }
-}
-
-/* Walks the global heap collection at addr as H5HG's parser does and checks
- * object idx exists, lies inside the collection and holds exactly len
- * bytes (the buffer HDF5 copies it into). */
-static const char *check_heap_object(const rawfile *r, uint64_t addr, uint64_t idx, uint64_t len)
-{
-    unsigned char h[16];
-    uint64_t hdr = align8(8 + r->ss), objhdr = align8(8 + r->ss);
-    if (raw_read(r, addr, h, 8 + r->ss) || memcmp(h, "GCOL", 4) || h[4] != 1)
-        return "its global heap collection is missing or damaged";
-    uint64_t size = le(h + 8, r->ss);
-    if (size < hdr + objhdr || size > ((uint64_t)1 << 30))
-        return "its global heap collection has a bad size";
-    unsigned char *c = malloc((size_t)size);
-    if (!c || raw_read(r, addr, c, (size_t)size)) {
-        free(c);
-        return "its global heap collection lies outside the file";
-    }
-    const char *why = "its global heap object is missing";
-    uint64_t p = hdr;
-    while (p < size) {
-        if (p + objhdr > size) break; /* tail too small for an object: free space */
-        uint64_t i = le(c + p, 2), osz = le(c + p + 8, r->ss);
-        uint64_t need = i > 0 ? objhdr + align8(osz) : osz;
-        if (need == 0 || need > ((uint64_t)1 << 62)) {
-            why = "its global heap collection is damaged";
-            break;
-        }
-        if (i == idx) {
-            if (osz != len || p + objhdr + osz > size)
-                why = "its global heap object has a bad size";
-            else
-                why = NULL;
-        }
-        p += need;
-    }
-    free(c);
-    return why;
-}
-
-/* Checks the attribute messages of obj's header and, when name is given,
- * the heap object of that variable-length string attribute. NULL when
- * HDF5 may go ahead, else the problem. */
-static const char *check_object_attrs(hid_t obj, const char *name)
-{
-    rawfile r = {.fd = -1};
-    const char *problem = NULL;
-    hid_t file = H5Iget_file_id(obj), fcpl = -1;
-    size_t sa = 0, ss = 0;
-    hsize_t ub = 0;
-    char fname[4096];
-    H5O_info_t oi;
-    int layout_ok = file >= 0 && (fcpl = H5Fget_create_plist(file)) >= 0 &&
-                    H5Pget_sizes(fcpl, &sa, &ss) >= 0 && H5Pget_userblock(fcpl, &ub) >= 0 &&
-                    sa >= 2 && sa <= 8 && ss >= 2 && ss <= 8 &&
-                    H5Fget_name(file, fname, sizeof fname) > 0 &&
-                    H5Oget_info2(obj, &oi, H5O_INFO_BASIC | H5O_INFO_HDR) >= 0;
-    if (!layout_ok) {
-        problem = "the file's layout is unreadable";
-    } else if ((r.fd = open(fname, O_RDONLY)) < 0) {
-        problem = "the file cannot be reopened";
-    } else {
-        struct stat st;
-        r.eof = fstat(r.fd, &st) == 0 ? (uint64_t)st.st_size : 0;
-        r.base = ub;
-        r.sa = (unsigned)sa;
-        r.ss = (unsigned)ss;
-        hdr_scan sc = {.name = name};
-        if (scan_header(&r, oi.addr, oi.hdr.version, &sc) < 0) {
-            problem = "its object header is damaged";
-        } else if (sc.problem) {
-            problem = sc.problem;
-        } else if (sc.found) {
-            uint64_t len = le(sc.desc, 4), addr = le(sc.desc + 4, r.sa);
-            uint64_t idx = le(sc.desc + 4 + r.sa, 4);
-            /* A null (address 0) or empty string is never looked up. */
-            if (addr != 0 && len != 0) problem = check_heap_object(&r, addr, idx, len);
-        }
-        /* Not found in the header: dense attribute storage, whose blocks
-         * HDF5 checksums itself. */
-    }
-    if (r.fd >= 0) close(r.fd);
-    if (fcpl >= 0) H5Pclose(fcpl);
-    if (file >= 0) H5Fclose(file);
-    H5Eclear2(H5E_DEFAULT);
-    return problem;
-}
-
-/* Whether HDF5 may read the variable-length string attribute `name` of obj
- * without tripping over damage; on 0, why receives the problem. */
-static int vlen_attr_ok(hid_t obj, const char *name, char *why, size_t why_len)
-{
-    /* The characters' type: a damaged size makes HDF5 allocate and clear
-     * length x size bytes (gigabytes) before it reads a byte. */
-    const char *problem = NULL;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    hid_t t = a < 0 ? -1 : H5Aget_type(a), base = t < 0 ? -1 : H5Tget_super(t);
-    if (base < 0 || H5Tget_size(base) != 1) problem = "its character type is damaged";
-    if (base >= 0) H5Tclose(base);
-    if (t >= 0) H5Tclose(t);
-    if (a >= 0) H5Aclose(a);
-    if (!problem) problem = check_object_attrs(obj, name);
-    if (problem) snprintf(why, why_len, "%s", problem);
-    return problem == NULL;
-}
-
-int strata_hdf5_attrs_ok(int64_t obj, char *why, size_t why_len)
-{
-    const char *problem = check_object_attrs((hid_t)obj, NULL);
-    if (problem) snprintf(why, why_len, "%s", problem);
-    return problem == NULL;
-}
-
-int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t why_len)
-{
-    return vlen_attr_ok((hid_t)obj, name, why, why_len);
-}
-
-const char *strata_hdf5_reason(char buf[256]) { return hdf5_reason(buf); }
-
 /* Reads a string attribute, fixed-length (any padding) or variable-length,
  * ASCII or UTF-8, into out (at most cap-1 bytes; longer is an error). */
 static strata_err read_str_attr(hid_t obj, const char *path, const char *name, char *out,
@@ -576,7 +164,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
     if (H5Tis_variable_str(t) > 0) {
         H5Tset_size(mt, H5T_VARIABLE);
         char *vs = NULL;
-        if (!vlen_attr_ok(obj, name, why, sizeof why)) {
+        if (!strata_hdf5_vlen_attr_ok(obj, name, why, sizeof why)) {
             e = strata_errorf(STRATA_EINPUT, "%s: attribute %s is damaged (%s)", path, name, why);
             goto done;
         }
@@ -695,7 +283,7 @@ static strata_err check_filters(hid_t dcpl, const char *path, const char *what)
     char why[256];
     if (nf < 0)
         return strata_errorf(STRATA_EINPUT, "%s: %s has an unreadable filter pipeline (%s)", path,
-                             what, hdf5_reason(why));
+                             what, strata_hdf5_reason(why));
     for (int i = 0; i < nf; i++) {
         unsigned flags = 0, cd[16], cfg = 0;
         size_t ncd = 16;
@@ -704,7 +292,7 @@ static strata_err check_filters(hid_t dcpl, const char *path, const char *what)
             H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, sizeof name, name, &cfg);
         if (id < 0)
             return strata_errorf(STRATA_EINPUT, "%s: %s has an unreadable filter (%s)", path, what,
-                                 hdf5_reason(why));
+                                 strata_hdf5_reason(why));
         name[sizeof name - 1] = 0;
         /* An optional filter HDF5 lacks was skipped when the chunks were
          * written without it; if a chunk does need it, reading says so. */
@@ -719,154 +307,6 @@ static strata_err check_filters(hid_t dcpl, const char *path, const char *what)
     return strata_ok();
 }
 
-/* Sets up our own decoding when the pipeline holds only deflate and
- * shuffle (with the element size of the tokens); 0 leaves the chunks to
- * HDF5's pipeline, behind check_chunk. */
-static int setup_decoder(strata_shard *s, hid_t dcpl, int esize)
-{
-    own_decoder *d = &s->dec;
-    int nf = H5Pget_nfilters(dcpl);
-    if (nf < 1 || nf > MAX_FILTERS) return 0;
-    for (int i = 0; i < nf; i++) {
-        unsigned flags = 0, cd[4] = {0}, cfg = 0;
-        size_t ncd = 4;
-        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cd, 0, NULL, &cfg);
-        if (id == H5Z_FILTER_SHUFFLE && ncd >= 1 && cd[0] == (unsigned)esize)
-            d->filter[i] = (int)id;
-        else if (id == H5Z_FILTER_DEFLATE)
-            d->filter[i] = (int)id;
-        else
-            return 0;
-    }
-    uint64_t cb = s->rules.chunk_bytes;
-    if (cb > ((uint64_t)1 << 30)) return 0;
-    /* Decoded chunks kept: 32 MiB worth, at least 2 (a sample may span two
-     * chunks), at most 64; memory is taken as chunks are decoded. */
-    int64_t n = (int64_t)((((uint64_t)32 << 20)) / cb);
-    n = n < 2 ? 2 : n > 64 ? 64 : n;
-    if (n > s->rules.n_chunks) n = s->rules.n_chunks;
-    if (!(d->cache = calloc((size_t)n, sizeof *d->cache))) return 0;
-    for (int64_t i = 0; i < n; i++) d->cache[i].chunk = -1;
-    d->n_cache = (int)n;
-    d->n_filters = nf;
-    d->on = 1;
-    return 1;
-}
-
-/* Inflates a zlib stream of n bytes into exactly `want` bytes at out. */
-static int inflate_exact(const uint8_t *in, size_t n, uint8_t *out, size_t want)
-{
-    z_stream z;
-    memset(&z, 0, sizeof z);
-    if (inflateInit(&z) != Z_OK) return -1;
-    z.next_in = (Bytef *)(uintptr_t)in;
-    z.avail_in = (uInt)n;
-    z.next_out = out;
-    z.avail_out = (uInt)want;
-    int rc = inflate(&z, Z_FINISH);
-    size_t got = z.total_out;
-    inflateEnd(&z);
-    return rc == Z_STREAM_END && got == want ? 0 : -1;
-}
-
-/* Reads chunk c raw and undoes its filters into out (chunk_bytes). */
-static strata_err decode_chunk(strata_shard *s, int64_t c, uint8_t *out)
-{
-    own_decoder *d = &s->dec;
-    chunk_rules *cr = &s->rules;
-    char why[256];
-    hsize_t off = (hsize_t)(c * s->info.chunk_tokens), size = 0;
-    if (H5Dget_chunk_storage_size(s->dset, &off, &size) < 0 || size == 0)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: chunk %" PRId64 " of /tokens is not stored (file incomplete or "
-                             "damaged)",
-                             s->path, c);
-    /* deflate never grows data by more than a few bytes per 16 KiB */
-    if (size > cr->file_bytes || size > cr->chunk_bytes + cr->chunk_bytes / 64 + 4096)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: chunk %" PRId64 " of /tokens claims %llu bytes (damaged)",
-                             s->path, c, (unsigned long long)size);
-    size_t cb = (size_t)cr->chunk_bytes;
-    for (int k = 0; k < 2; k++)
-        if (!d->work[k] && !(d->work[k] = malloc(cb)))
-            return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
-    if (size > d->raw_cap) {
-        uint8_t *p = realloc(d->raw, (size_t)size);
-        if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
-        d->raw = p;
-        d->raw_cap = (size_t)size;
-    }
-    uint32_t mask = 0;
-    if (H5Dread_chunk(s->dset, H5P_DEFAULT, &off, &mask, d->raw) < 0)
-        return strata_errorf(STRATA_EINPUT, "%s: cannot read chunk %" PRId64 " of /tokens (%s)",
-                             s->path, c, hdf5_reason(why));
-    if (d->n_filters < 32 && (mask >> d->n_filters))
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: chunk %" PRId64 " of /tokens has a bad filter "
-                             "mask 0x%x (damaged)",
-                             s->path, c, (unsigned)mask);
-    /* Undo the filters last to first; the last step writes into out. */
-    int steps = 0, done = 0;
-    for (int i = 0; i < d->n_filters; i++) steps += !(mask >> i & 1);
-    const uint8_t *cur = d->raw;
-    size_t cur_n = (size_t)size;
-    for (int i = d->n_filters - 1; i >= 0; i--) {
-        if (mask >> i & 1) continue;
-        uint8_t *dst = ++done == steps ? out : d->work[done & 1];
-        if (d->filter[i] == H5Z_FILTER_DEFLATE) {
-            if (inflate_exact(cur, cur_n, dst, cb))
-                return strata_errorf(STRATA_EINPUT,
-                                     "%s: chunk %" PRId64 " of /tokens does not inflate to %zu "
-                                     "bytes (damaged)",
-                                     s->path, c, cb);
-        } else { /* shuffle: byte k of every element was stored together */
-            size_t e = (size_t)s->info.token_bits / 8, ne = cb / e;
-            if (cur_n != cb)
-                return strata_errorf(STRATA_EINPUT,
-                                     "%s: chunk %" PRId64 " of /tokens holds %zu bytes, %zu "
-                                     "expected (damaged)",
-                                     s->path, c, cur_n, cb);
-            for (size_t k = 0; k < e; k++)
-                for (size_t j = 0; j < ne; j++) dst[j * e + k] = cur[k * ne + j];
-        }
-        cur = dst;
-        cur_n = cb;
-    }
-    if (steps == 0) {
-        if (cur_n != cb)
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: chunk %" PRId64 " of /tokens holds %zu bytes, %zu expected "
-                                 "(damaged)",
-                                 s->path, c, cur_n, cb);
-        memcpy(out, cur, cb);
-    }
-    return strata_ok();
-}
-
-/* The decoded bytes of chunk c, from the cache or decoded now. */
-static strata_err get_chunk(strata_shard *s, int64_t c, const uint8_t **data)
-{
-    own_decoder *d = &s->dec;
-    int victim = 0;
-    for (int i = 0; i < d->n_cache; i++) {
-        if (d->cache[i].chunk == c) {
-            d->cache[i].used = ++d->tick;
-            *data = d->cache[i].data;
-            return strata_ok();
-        }
-        if (d->cache[i].used < d->cache[victim].used) victim = i;
-    }
-    decoded *slot = &d->cache[victim];
-    if (!slot->data && !(slot->data = malloc((size_t)s->rules.chunk_bytes)))
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
-    slot->chunk = -1;
-    STRATA_TRY(decode_chunk(s, c, slot->data));
-    slot->chunk = c;
-    slot->used = ++d->tick;
-    *data = slot->data;
-    return strata_ok();
-}
-
 /* Tokens [start, start+n) from decoded chunks, as host uint32. */
 static strata_err read_decoded(strata_shard *s, int64_t start, int64_t n, uint32_t *out)
 {
@@ -874,7 +314,7 @@ static strata_err read_decoded(strata_shard *s, int64_t start, int64_t n, uint32
     int e = s->info.token_bits / 8, be = s->big_endian;
     for (int64_t c = start / ck; c * ck < end; c++) {
         const uint8_t *p = NULL;
-        STRATA_TRY(get_chunk(s, c, &p));
+        STRATA_TRY(strata_h5_decoder_chunk(&s->dec, s->dset, c, &p));
         int64_t a = start > c * ck ? start : c * ck, b = end < (c + 1) * ck ? end : (c + 1) * ck;
         for (int64_t i = a; i < b; i++) {
             const uint8_t *q = p + (size_t)(i - c * ck) * (size_t)e;
@@ -905,7 +345,7 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
     hsize_t fsize = 0;
     if (H5Fget_filesize(s->file, &fsize) < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot get the file size (%s)", s->path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     if (layout == H5D_CHUNKED) {
         chunk_rules *cr = &s->rules;
         int64_t ck = s->info.chunk_tokens;
@@ -927,7 +367,7 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
         if (fs >= 0) H5Sclose(fs);
         if (r < 0)
             return strata_errorf(STRATA_EINPUT, "%s: cannot list the chunks of /tokens (%s)",
-                                 s->path, hdf5_reason(why));
+                                 s->path, strata_hdf5_reason(why));
         /* HDF5 drops chunks outside the extent when a dataset shrinks, so
          * any other count means a damaged index or chunk shape. */
         if ((int64_t)have != cr->n_chunks)
@@ -943,7 +383,8 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
                                      "of %llu bytes (damaged)",
                                      s->path, (unsigned long long)stored, (unsigned long long)have,
                                      (unsigned long long)cr->chunk_bytes);
-        } else if (!setup_decoder(s, dcpl, esize) &&
+        } else if (!strata_h5_decoder_init(&s->dec, dcpl, s->path, "/tokens", esize, ck,
+                                           cr->n_chunks, fsize) &&
                    !(cr->checked = calloc((size_t)(cr->n_chunks + 7) / 8, 1))) {
             return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
         }
@@ -975,7 +416,7 @@ static strata_err check_chunk(strata_shard *s, int64_t c)
     unsigned mask = 0;
     if (H5Dget_chunk_info_by_coord(s->dset, &off, &mask, &addr, &size) < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot look up chunk %" PRId64 " of /tokens (%s)",
-                             s->path, c, hdf5_reason(why));
+                             s->path, c, strata_hdf5_reason(why));
     if (addr == HADDR_UNDEF)
         return strata_errorf(STRATA_EINPUT,
                              "%s: chunk %" PRId64 " of /tokens is not stored (file incomplete "
@@ -1007,26 +448,26 @@ static strata_err open_1d(hid_t file, const char *path, const char *name, hid_t 
     htri_t ex = H5Lexists(file, name, H5P_DEFAULT);
     if (ex < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot look up %s (%s)", path, name,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     if (ex == 0) return strata_errorf(STRATA_EINPUT, "%s: no %s dataset", path, name);
     H5O_info_t oi;
     if (H5Oget_info_by_name2(file, name, &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0)
         return strata_errorf(STRATA_EINPUT, "%s: %s is unreadable (%s)", path, name,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     if (oi.type != H5O_TYPE_DATASET)
         return strata_errorf(STRATA_EINPUT, "%s: %s is a %s, not a dataset", path, name,
                              oi.type == H5O_TYPE_GROUP ? "group" : "named type");
     hid_t d = H5Dopen2(file, name, dapl);
     if (d < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot open %s (%s)", path, name,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     hid_t sp = H5Dget_space(d);
     int rank = sp < 0 ? -1 : H5Sget_simple_extent_ndims(sp);
     hsize_t dim = 0;
     strata_err e = strata_ok();
     if (sp < 0 || rank < 0) {
         e = strata_errorf(STRATA_EINPUT, "%s: %s has an unreadable shape (%s)", path, name,
-                          hdf5_reason(why));
+                          strata_hdf5_reason(why));
     } else if (H5Sget_simple_extent_type(sp) != H5S_SIMPLE || rank != 1) {
         e = strata_errorf(STRATA_EINPUT, "%s: %s has rank %d, expected 1", path, name,
                           H5Sget_simple_extent_type(sp) == H5S_SIMPLE ? rank : 0);
@@ -1056,7 +497,7 @@ static strata_err open_checked(strata_shard *s)
         return strata_errorf(STRATA_EINPUT, "%s: is a directory, not a shard", path);
     htri_t is = H5Fis_hdf5(path);
     if (is <= 0) {
-        hdf5_reason(why);
+        strata_hdf5_reason(why);
         return strata_errorf(STRATA_EINPUT, "%s: not an HDF5 file", path);
     }
     /* Read-only opens need no lock, and locking fails on some cluster
@@ -1067,7 +508,7 @@ static strata_err open_checked(strata_shard *s)
     H5Pset_file_locking(fapl, 0, 1);
 #endif
     s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    hdf5_reason(why); /* before the next call clears the error stack */
+    strata_hdf5_reason(why); /* before the next call clears the error stack */
     H5Pclose(fapl);
     if (s->file < 0) return strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path, why);
 
@@ -1078,7 +519,7 @@ static strata_err open_checked(strata_shard *s)
     hid_t t = H5Dget_type(s->dset);
     if (t < 0)
         return strata_errorf(STRATA_EINPUT, "%s: /tokens has an unreadable type (%s)", path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     H5T_class_t cls = H5Tget_class(t);
     H5T_sign_t sign = H5Tget_sign(t);
     size_t esize = H5Tget_size(t), prec = H5Tget_precision(t);
@@ -1100,7 +541,7 @@ static strata_err open_checked(strata_shard *s)
     hid_t dcpl = H5Dget_create_plist(s->dset);
     if (dcpl < 0)
         return strata_errorf(STRATA_EINPUT, "%s: /tokens has unreadable properties (%s)", path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     strata_err e = check_filters(dcpl, path, "/tokens");
     if (!e.code && H5Pget_layout(dcpl) == H5D_CHUNKED) {
         hsize_t ck = 0;
@@ -1117,7 +558,7 @@ static strata_err open_checked(strata_shard *s)
     if (e.code) return e;
 
     /* HDF5 decodes every attribute message of /tokens to find one by name. */
-    const char *bad = check_object_attrs(s->dset, NULL);
+    const char *bad = strata_hdf5_attrs_problem(s->dset, NULL);
     if (bad)
         return strata_errorf(STRATA_EINPUT, "%s: attributes of /tokens are damaged (%s)", path,
                              bad);
@@ -1177,7 +618,7 @@ static strata_err open_checked(strata_shard *s)
     htri_t has_docs = H5Lexists(s->file, "/doc_offsets", H5P_DEFAULT);
     if (has_docs < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot look up /doc_offsets (%s)", path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     if (has_docs > 0) {
         hid_t d = -1;
         int64_t nd = 0;
@@ -1207,7 +648,7 @@ static strata_err open_checked(strata_shard *s)
         H5Dclose(s->dset);
         hid_t dapl = chunk_cache_dapl(n, s->info.chunk_tokens, (int)esize);
         s->dset = dapl < 0 ? -1 : H5Dopen2(s->file, "/tokens", dapl);
-        hdf5_reason(why);
+        strata_hdf5_reason(why);
         if (dapl >= 0) H5Pclose(dapl);
         if (s->dset < 0)
             return strata_errorf(STRATA_EINPUT, "%s: cannot reopen /tokens (%s)", path, why);
@@ -1293,7 +734,7 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
     if (fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, &off, NULL, &cnt, NULL) >= 0)
         r = H5Dread(s->dset, wide ? H5T_NATIVE_UINT32 : H5T_NATIVE_UINT16, ms, fs, H5P_DEFAULT,
                     dst);
-    hdf5_reason(why); /* before the closes clear the error stack */
+    strata_hdf5_reason(why); /* before the closes clear the error stack */
     if (fs >= 0) H5Sclose(fs);
     if (ms >= 0) H5Sclose(ms);
     if (r < 0)
@@ -1323,7 +764,7 @@ strata_err strata_shard_verify(strata_shard *s)
     hid_t d = H5Dopen2(s->file, "/doc_offsets", H5P_DEFAULT);
     if (d < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot open /doc_offsets (%s)", s->path,
-                             hdf5_reason(why));
+                             strata_hdf5_reason(why));
     int64_t nd = s->info.n_docs;
     uint64_t *off = malloc((size_t)nd * sizeof *off);
     if (!off) {
@@ -1332,7 +773,7 @@ strata_err strata_shard_verify(strata_shard *s)
     }
     if (H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, off) < 0) {
         e = strata_errorf(STRATA_EINPUT, "%s: cannot read /doc_offsets (%s)", s->path,
-                          hdf5_reason(why));
+                          strata_hdf5_reason(why));
     } else {
         for (int64_t i = 0; i < nd && !e.code; i++)
             if ((i > 0 && off[i] < off[i - 1]) || off[i] > (uint64_t)n)
@@ -1354,11 +795,7 @@ void strata_shard_close(strata_shard *s)
     if (s->file >= 0) H5Fclose(s->file);
     H5Eclear2(H5E_DEFAULT);
     free(s->rules.checked);
-    for (int i = 0; i < s->dec.n_cache; i++) free(s->dec.cache[i].data);
-    free(s->dec.cache);
-    free(s->dec.raw);
-    free(s->dec.work[0]);
-    free(s->dec.work[1]);
+    strata_h5_decoder_free(&s->dec);
     free(s->scratch);
     free(s->path);
     free(s);

@@ -54,7 +54,9 @@ static int files_in_dir(void)
 {
     int n = 0;
     DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    /* every entry but . and ..: the temporary file is a dotfile */
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
     if (d) closedir(d);
     return n;
 }
