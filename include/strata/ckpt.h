@@ -79,4 +79,20 @@ strata_err strata_ckpt_load_latest(const char *dir, strata_model *m, float *adam
                                    strata_ckpt_state *st, char *path, size_t path_len,
                                    void (*warn)(void *ctx, const char *msg), void *warn_ctx);
 
+/* What `strata inspect` shows of a checkpoint, read with plain HDF5 calls
+ * (so any checkpoint, even one strata_ckpt_load refuses): a title line, the
+ * root attributes one a line (numbers, short strings; long or multi-line
+ * strings as their size), the tensors under /model with shape and type, a
+ * total, and what /optim holds. *desc (malloc'd; the caller frees it) holds
+ * the lines described before an error too, so a damaged file shows how far
+ * it reads. */
+strata_err strata_ckpt_describe(const char *path, char **desc);
+
+/* What an HDF5 file is to `strata inspect`. */
+enum { STRATA_H5_NOT_HDF5 = 0, STRATA_H5_OTHER = 1, STRATA_H5_CHECKPOINT = 2 };
+/* *kind of path: not HDF5 (by its signature), a checkpoint (root format =
+ * STRATA_CKPT_FORMAT) or another HDF5 file; STRATA_EINPUT when an HDF5
+ * file does not open or its root's attribute messages are damaged. */
+strata_err strata_ckpt_probe(const char *path, int *kind);
+
 #endif

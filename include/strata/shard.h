@@ -54,21 +54,6 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
 /* Reads the whole shard: every token id < vocab_size, /doc_offsets
  * non-decreasing and within the tokens (`strata inspect --check`). */
 strata_err strata_shard_verify(strata_shard *s);
-/* 1 when HDF5 can safely read the variable-length string attribute `name`
- * of the HDF5 object obj (an hid_t): its heap reference and heap collection
- * are intact. HDF5 1.10 trusts both and crashes or hangs on damaged ones, so
- * call this before any H5Aread of such a string from an untrusted file. On
- * 0, why receives the problem. */
-int strata_hdf5_vlen_attr_ok(int64_t obj, const char *name, char *why, size_t why_len);
-/* 1 when every attribute message in the header of HDF5 object obj is sound
- * (HDF5 1.10 decodes them without bounds checks); call before any attribute
- * call on an object of an untrusted file. */
-int strata_hdf5_attrs_ok(int64_t obj, char *why, size_t why_len);
-/* The innermost message of this thread's HDF5 error stack, made one line
- * (at most 255 bytes, in buf; "" if none), and clears the stack: the reason
- * the reader puts in its messages, shared with `strata inspect`. Call it
- * right after the failing HDF5 call; the next HDF5 call clears the stack. */
-const char *strata_hdf5_reason(char buf[256]);
 void strata_shard_close(strata_shard *s);
 
 /* Writing (used by `strata pack`): tokens are appended in order; a document
