@@ -109,7 +109,9 @@ typedef struct prim_key {
     int M, N, K, lda, ldb, ldc, ta, tb;
     float alpha, beta;
 } prim_key;
-#define MAX_PRIMS 512
+#define MAX_PRIMS                                                                                  \
+    4096 /* a run meets ~100 shapes; beyond this, sgemm (never evicted: the choice stays a         \
+            function of the run) */
 static prim_key prim_keys[MAX_PRIMS];
 static dnnl_primitive_t prims[MAX_PRIMS];
 static int n_prims;
