@@ -74,18 +74,29 @@ EOF
 fi
 
 grep -m1 'model name' /proc/cpuinfo
+grep -o 'amx_bf16\|avx512_bf16' /proc/cpuinfo | sort -u || echo "no amx_bf16, no avx512_bf16"
+peers=${PEERS:-$root/../shared/bench}
 for cfg in small smollm2; do
   if [ $cfg = small ]; then
     args=(--config configs/small.ini)
   else
-    args=(--config configs/smollm2-135m.ini --set model.init=scratch --set train.micro_batch=1
-      --set data.seq_len=1024)
+    args=(--config configs/smollm2-135m.ini --set train.micro_batch=1 --set data.seq_len=512)
   fi
   for th in 1 2; do
     for prec in fp32 bf16; do
-      echo "== $cfg, $th thread(s), $prec"
-      OMP_NUM_THREADS=$th "$strata" bench "${args[@]}" --set train.precision=$prec --steps 3 \
-        --warmup 1 | grep -E 'machine|throughput|MFU|breakdown|memory|peak'
+      echo "== strata $cfg, $th thread(s), $prec"
+      OMP_NUM_THREADS=$th /usr/bin/time -f "max RSS %M KiB" "$strata" bench "${args[@]}" \
+        --set train.precision=$prec --steps 3 --warmup 1 2>&1 |
+        grep -E 'machine|throughput|MFU|breakdown|memory|peak|RSS'
+      [ -d "$peers" ] || continue
+      bf=$([ $prec = bf16 ] && echo --bf16 || true)
+      echo "== torch $cfg, $th thread(s), $prec"
+      if [ $cfg = small ]; then
+        /usr/bin/python3 "$peers/torch_gpt2.py" --config small --threads $th --steps 3 --warmup 1 $bf 2>&1 | tail -3
+      else
+        /usr/bin/python3 "$peers/torch_llama.py" bench --preset smollm2-135m --threads $th --batch 1 \
+          --seq 512 --steps 3 $bf 2>&1 | tail -3
+      fi
     done
   done
 done
