@@ -36,6 +36,7 @@ typedef struct key_spec {
 
 static const char *const family_names[] = {"gpt2", "llama", NULL};
 static const char *const rope_names[] = {"none", "linear", "llama3", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", NULL};
 
 #define OFF(field) offsetof(strata_config, field)
 #define BIG        1e18
@@ -87,6 +88,7 @@ static const key_spec keys[] = {
     {"train", "eps", K_DOUBLE, OFF(train.eps), 0, 1, NULL},
     {"train", "grad_clip", K_DOUBLE, OFF(train.grad_clip), 0, BIG, NULL},
     {"train", "zero", K_INT, OFF(train.zero), 0, 1, NULL},
+    {"train", "precision", K_ENUM, OFF(train.precision), 0, 0, precision_names},
     {"train", "bucket_mb", K_DOUBLE, OFF(train.bucket_mb), 0.001, 4096, NULL},
     {"train", "comm_thread", K_BOOL, OFF(train.comm_thread), 0, 1, NULL},
     {"train", "max_bad_steps", K_INT, OFF(train.max_bad_steps), 1, 1 << 30, NULL},

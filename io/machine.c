@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "strata/gemm.h"
+
 /* OpenBLAS's own report of the kernels it dispatched to. */
 extern char *openblas_get_corename(void);
 extern char *openblas_get_config(void);
@@ -46,4 +48,9 @@ void strata_machine_describe(char *buf, size_t n)
              amx    ? "amx_bf16 avx512_bf16"
              : bf16 ? "avx512_bf16"
                     : "none");
+    size_t used = strlen(buf);
+    if (used + 3 < n) {
+        snprintf(buf + used, n - used, "; ");
+        strata_gemm_describe(buf + used + 2, n - used - 2);
+    }
 }

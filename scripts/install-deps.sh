@@ -7,6 +7,7 @@ packages=(
   build-essential cmake pkg-config git
   libopenmpi-dev openmpi-bin            # MPI
   libopenblas-openmp-dev                # BLAS, OpenMP build (shares strata's thread pool)
+  libdnnl-dev                           # oneDNN: bf16 matmuls ([train] precision = bf16)
   libhdf5-dev hdf5-tools                # shards and checkpoints
   libcmocka-dev libinih-dev libjansson-dev libpcre2-dev
   libutf8proc-dev                       # NFC for Hugging Face tokenizers

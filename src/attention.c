@@ -2,11 +2,11 @@
  * include/strata/attention.h. */
 #include "strata/attention.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
+#include "strata/gemm.h"
 #include "strata/vecmath.h"
 
 /* Query rows per block: S and P of a block are QB x T floats per thread. */
@@ -41,13 +41,13 @@ static int first_key(int t, int window)
 
 /* S[r0:r1, j0:r1] = scale Q K^T (ld = r1 - j0), then P in place with the
  * row's lse: the forward computes lse, the backward reads it. */
-static void scores(float *S, const float *q, const float *k, size_t ld_qkv, int r0, int r1, int j0,
-                   int hs, float scale)
+static void scores(strata_precision prec, float *S, const float *q, const float *k, size_t ld_qkv,
+                   int r0, int r1, int j0, int hs, float scale)
 {
     int n = r1 - j0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n, hs, scale,
-                q + (size_t)r0 * ld_qkv, (int)ld_qkv, k + (size_t)j0 * ld_qkv, (int)ld_qkv, 0.0f, S,
-                n);
+    strata_gemm(prec, r1 - r0, n, hs, scale,
+                strata_mat_f32(q + (size_t)r0 * ld_qkv, (int)ld_qkv, 0),
+                strata_mat_f32(k + (size_t)j0 * ld_qkv, (int)ld_qkv, 1), 0.0f, S, n);
 }
 
 static void softmax_rows(float *S, float *lse, int r0, int r1, int j0, int window)
@@ -73,6 +73,15 @@ void strata_gqa_attention_forward(float *out, float *lse, const float *qkv, int 
                                   int NKV, int hs, int window, float scale, float *scratch,
                                   size_t scratch_floats)
 {
+    strata_gqa_attention_forward_prec(STRATA_FP32, out, lse, qkv, B, T, NH, NKV, hs, window, scale,
+                                      scratch, scratch_floats);
+}
+
+void strata_gqa_attention_forward_prec(strata_precision prec, float *out, float *lse,
+                                       const float *qkv, int B, int T, int NH, int NKV, int hs,
+                                       int window, float scale, float *scratch,
+                                       size_t scratch_floats)
+{
     size_t ld = (size_t)(NH + 2 * NKV) * hs, ld_out = (size_t)NH * hs;
     int rep = NH / NKV;
     int nth = threads_that_fit(scratch_floats, 0, T);
@@ -87,27 +96,27 @@ void strata_gqa_attention_forward(float *out, float *lse, const float *qkv, int 
             float *l = lse + ((size_t)b * NH + h) * T;
             for (int r0 = 0; r0 < T; r0 += QB) {
                 int r1 = r0 + QB < T ? r0 + QB : T, j0 = first_key(r0, window);
-                scores(S, q, k, ld, r0, r1, j0, hs, scale);
+                scores(prec, S, q, k, ld, r0, r1, j0, hs, scale);
                 softmax_rows(S, l, r0, r1, j0, window);
                 /* O[r0:r1] = P V[j0:r1] */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1 - j0, 1.0f,
-                            S, r1 - j0, v + (size_t)j0 * ld, (int)ld, 0.0f, o + (size_t)r0 * ld_out,
-                            (int)ld_out);
+                strata_gemm(prec, r1 - r0, hs, r1 - j0, 1.0f, strata_mat_f32(S, r1 - j0, 0),
+                            strata_mat_f32(v + (size_t)j0 * ld, (int)ld, 0), 0.0f,
+                            o + (size_t)r0 * ld_out, (int)ld_out);
             }
         }
 }
 
 /* One (b, h): dQ into dqkv, this head's dK, dV into dk, dv (T, hs). */
-static void head_backward(float *dq, float *dk, float *dv, float *S, float *dP, const float *q,
-                          const float *k, const float *v, const float *o, const float *dout,
-                          const float *l, size_t ld, size_t ld_out, int T, int hs, int window,
-                          float scale)
+static void head_backward(strata_precision prec, float *dq, float *dk, float *dv, float *S,
+                          float *dP, const float *q, const float *k, const float *v, const float *o,
+                          const float *dout, const float *l, size_t ld, size_t ld_out, int T,
+                          int hs, int window, float scale)
 {
     memset(dk, 0, (size_t)T * hs * sizeof(float));
     memset(dv, 0, (size_t)T * hs * sizeof(float));
     for (int r0 = 0; r0 < T; r0 += QB) {
         int r1 = r0 + QB < T ? r0 + QB : T, j0 = first_key(r0, window), n = r1 - j0, m = r1 - r0;
-        scores(S, q, k, ld, r0, r1, j0, hs, scale);
+        scores(prec, S, q, k, ld, r0, r1, j0, hs, scale);
         /* P = exp(S - lse) on each row's keys, 0 elsewhere */
         for (int t = r0; t < r1; t++) {
             float *p = S + (size_t)(t - r0) * n;
@@ -118,10 +127,10 @@ static void head_backward(float *dq, float *dk, float *dv, float *S, float *dP, 
         }
         /* dV[j0:r1] += P^T dO[r0:r1]; dP = dO V^T */
         const float *dO = dout + (size_t)r0 * ld_out;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, m, 1.0f, S, n, dO, (int)ld_out,
-                    1.0f, dv + (size_t)j0 * hs, hs);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, hs, 1.0f, dO, (int)ld_out,
-                    v + (size_t)j0 * ld, (int)ld, 0.0f, dP, n);
+        strata_gemm(prec, n, hs, m, 1.0f, strata_mat_f32(S, n, 1),
+                    strata_mat_f32(dO, (int)ld_out, 0), 1.0f, dv + (size_t)j0 * hs, hs);
+        strata_gemm(prec, m, n, hs, 1.0f, strata_mat_f32(dO, (int)ld_out, 0),
+                    strata_mat_f32(v + (size_t)j0 * ld, (int)ld, 1), 0.0f, dP, n);
         /* dS = P (dP - D) with D[t] = dO[t] . O[t], into dP */
         for (int t = r0; t < r1; t++) {
             const float *dot = dout + (size_t)t * ld_out, *ot = o + (size_t)t * ld_out;
@@ -131,10 +140,12 @@ static void head_backward(float *dq, float *dk, float *dv, float *S, float *dP, 
             for (int j = 0; j < n; j++) d[j] = p[j] * (d[j] - D);
         }
         /* dQ[r0:r1] = scale dS K[j0:r1]; dK[j0:r1] += scale dS^T Q[r0:r1] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hs, n, scale, dP, n,
-                    k + (size_t)j0 * ld, (int)ld, 0.0f, dq + (size_t)r0 * ld, (int)ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, hs, m, scale, dP, n,
-                    q + (size_t)r0 * ld, (int)ld, 1.0f, dk + (size_t)j0 * hs, hs);
+        strata_gemm(prec, m, hs, n, scale, strata_mat_f32(dP, n, 0),
+                    strata_mat_f32(k + (size_t)j0 * ld, (int)ld, 0), 0.0f, dq + (size_t)r0 * ld,
+                    (int)ld);
+        strata_gemm(prec, n, hs, m, scale, strata_mat_f32(dP, n, 1),
+                    strata_mat_f32(q + (size_t)r0 * ld, (int)ld, 0), 1.0f, dk + (size_t)j0 * hs,
+                    hs);
     }
 }
 
@@ -142,6 +153,15 @@ void strata_gqa_attention_backward(float *dqkv, const float *dout, const float *
                                    const float *out, const float *lse, int B, int T, int NH,
                                    int NKV, int hs, int window, float scale, float *scratch,
                                    size_t scratch_floats)
+{
+    strata_gqa_attention_backward_prec(STRATA_FP32, dqkv, dout, qkv, out, lse, B, T, NH, NKV, hs,
+                                       window, scale, scratch, scratch_floats);
+}
+
+void strata_gqa_attention_backward_prec(strata_precision prec, float *dqkv, const float *dout,
+                                        const float *qkv, const float *out, const float *lse, int B,
+                                        int T, int NH, int NKV, int hs, int window, float scale,
+                                        float *scratch, size_t scratch_floats)
 {
     size_t ld = (size_t)(NH + 2 * NKV) * hs, ld_out = (size_t)NH * hs;
     int rep = NH / NKV;
@@ -155,8 +175,9 @@ void strata_gqa_attention_backward(float *dqkv, const float *dout, const float *
                   *dP = S + QB * (size_t)T;
             const float *base = qkv + (size_t)b * T * ld;
             size_t bh = ((size_t)b * NH + h) * T * hs;
-            head_backward(dqkv + (size_t)b * T * ld + (size_t)h * hs, dk_heads + bh, dv_heads + bh,
-                          S, dP, base + (size_t)h * hs, base + (size_t)(NH + h / rep) * hs,
+            head_backward(prec, dqkv + (size_t)b * T * ld + (size_t)h * hs, dk_heads + bh,
+                          dv_heads + bh, S, dP, base + (size_t)h * hs,
+                          base + (size_t)(NH + h / rep) * hs,
                           base + (size_t)(NH + NKV + h / rep) * hs,
                           out + (size_t)b * T * ld_out + (size_t)h * hs,
                           dout + (size_t)b * T * ld_out + (size_t)h * hs,

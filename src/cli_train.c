@@ -123,7 +123,7 @@ static double median_of(double *x, int n)
 
 static void print_bench(const strata_model_shape *s, int B, int T, int threads, bench_figures f,
                         strata_model_timing tm, double opt_s, int steps, double expected_bytes,
-                        double act_bytes, size_t n_floats)
+                        double act_bytes, size_t n_floats, strata_precision prec)
 {
     double tokens = (double)B * T, tps = tokens / f.median_s;
     double fpt = strata_flops_per_token(s, T);
@@ -145,9 +145,15 @@ static void print_bench(const strata_model_shape *s, int B, int T, int threads, 
     printf("throughput %.0f tokens/s\n", tps);
     printf("flops      %.3g per token (6*N_params + 12*L*T*%s)\n", fpt,
            s->family == STRATA_FAMILY_GPT2 ? "C" : "NH*hs");
-    printf("sgemm peak %.1f GFLOP/s (fastest 1024^3 or 2048^3 cblas_sgemm of the probes run after "
-           "each timed step, %d thread%s)\n",
-           f.best_probe, threads, th);
+    if (prec == STRATA_BF16)
+        printf("precision  bf16 (fp32 accumulation, fp32 master weights)\n"
+               "bf16 peak  %.1f GFLOP/s (fastest 1024^3 or 2048^3 bf16 strata_gemm of the probes "
+               "run after each timed step, %d thread%s)\n",
+               f.best_probe, threads, th);
+    else
+        printf("sgemm peak %.1f GFLOP/s (fastest 1024^3 or 2048^3 cblas_sgemm of the probes run "
+               "after each timed step, %d thread%s)\n",
+               f.best_probe, threads, th);
     printf("MFU        %.1f%% of the probe run right after each step (median over steps); "
            "%.1f%% of the fastest probe\n",
            100 * f.paired_mfu, 100 * mfu_best);
@@ -155,18 +161,19 @@ static void print_bench(const strata_model_shape *s, int B, int T, int threads, 
            "optimizer %.1f%%\n",
            100 * tm.matmul / total, 100 * tm.attention / total, 100 * tm.elementwise / total,
            100 * tm.loss / total, 100 * opt_s / total);
-    printf("memory     params+grads+adam %.0f MiB + activations %.0f MiB = %.0f MiB expected; "
+    printf("memory     params+grads+adam%s %.0f MiB + activations %.0f MiB = %.0f MiB expected; "
            "peak RSS %.0f MiB (%.2fx)\n",
-           n_floats * 16.0 / (1 << 20), act_bytes / (1 << 20), expected_bytes / (1 << 20),
+           prec == STRATA_BF16 ? "+bf16 copy" : "",
+           n_floats * (prec == STRATA_BF16 ? 18.0 : 16.0) / (1 << 20), act_bytes / (1 << 20), expected_bytes / (1 << 20),
            strata_peak_rss_bytes() / (1 << 20), strata_peak_rss_bytes() / expected_bytes);
 }
 
 /* About half a second: the best of a few products of each size, so a probe
  * that meets a short stall still finds the machine's speed of the moment. */
-static double probe_now(strata_sgemm_probe *p)
+static double probe_now(strata_sgemm_probe *p, strata_precision prec)
 {
-    double g1024 = strata_sgemm_probe_gflops(p, 1024, 4, 0);
-    double g2048 = strata_sgemm_probe_gflops(p, 2048, 2, 0);
+    double g1024 = strata_gemm_probe_gflops(p, prec, 1024, 4, 0);
+    double g2048 = strata_gemm_probe_gflops(p, prec, 2048, 2, 0);
     return g1024 > g2048 ? g1024 : g2048;
 }
 
@@ -192,6 +199,9 @@ int strata_cli_bench(int argc, char **argv)
         return strata_cli_fail("bench", e);
     strata_model *m;
     if ((e = strata_model_create(&m, &shape)).code) return strata_cli_fail("bench", e);
+    strata_precision prec = (strata_precision)cfg.train.precision;
+    if ((e = strata_model_set_precision(m, prec)).code)
+        return strata_cli_fail("bench", strata_errorf(e.code, "[train] precision: %s", e.msg));
     shape = *strata_model_get_shape(m);
     int B = cfg.train.micro_batch, T = cfg.data.seq_len;
     if ((e = strata_model_reserve(m, B, T)).code) return strata_cli_fail("bench", e);
@@ -229,7 +239,7 @@ int strata_cli_bench(int argc, char **argv)
         double t2 = strata_now_seconds();
         opt_s += t2 - t1;
         times[s] = t2 - t0;
-        double peak = probe_now(probe);
+        double peak = probe_now(probe, prec);
         if (s >= a.warmup && peak > f.best_probe) f.best_probe = peak;
         mfus[s] = flops / times[s] / (peak * 1e9);
     }
@@ -237,7 +247,8 @@ int strata_cli_bench(int argc, char **argv)
     f.paired_mfu = median_of(mfus + a.warmup, a.steps);
     double act = (double)strata_model_activation_bytes(m);
     print_bench(strata_model_get_shape(m), B, T, omp_get_max_threads(), f,
-                strata_model_get_timing(m), opt_s, a.steps, n * 16.0 + act, act, n);
+                strata_model_get_timing(m), opt_s, a.steps,
+                n * (prec == STRATA_BF16 ? 18.0 : 16.0) + act, act, n, prec);
     strata_sgemm_probe_free(probe);
     free(mfus);
     free(times);

@@ -35,7 +35,8 @@ static const char *block_tensor_names[BLOCK_TENSORS] = {
     "mlp.c_fc.weight",    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias",
 };
 
-/* Activations one block keeps for its backward pass. */
+/* Activations one block keeps for its backward pass. In bf16 (acts16) the
+ * matmul-only operands ln1, ln2 and fch_gelu hold bf16, half the floats. */
 typedef struct block_acts {
     float *ln1, *ln1_mean, *ln1_rstd; /* (B,T,C), (B,T), (B,T) */
     float *qkv;                       /* (B,T,3C) */
@@ -64,6 +65,9 @@ typedef struct gpt2 {
     block_acts *blocks;
     float *d_res, *d_small, *d_big, *d_att; /* backward scratch (d_att: dropout only) */
     int with_att;                           /* the arena holds att and d_att */
+    int acts16;                             /* ln1, ln2, fch_gelu are bf16 */
+    strata_precision prec;                  /* of this forward's products */
+    const strata_bf16 *params16;            /* the model's bf16 copy (bf16 only) */
     float *att_scratch;                     /* attention.h's scratch */
     size_t att_scratch_floats;
     uint32_t *inputs;
@@ -149,6 +153,10 @@ static float *param(gpt2 *m, int l, int which)
 {
     return m->params + m->tensors[2 + l * BLOCK_TENSORS + which].offset;
 }
+static const strata_bf16 *param16(gpt2 *m, int l, int which)
+{
+    return m->params16 ? m->params16 + m->tensors[2 + l * BLOCK_TENSORS + which].offset : NULL;
+}
 static float *grad(gpt2 *m, int l, int which)
 {
     return m->grads + m->tensors[2 + l * BLOCK_TENSORS + which].offset;
@@ -174,11 +182,13 @@ static void gpt2_init(strata_model *model, uint64_t seed)
 /* Without dropout attention keeps one log-sum-exp per row and recomputes its
  * probabilities in backward (attention.h); only dropout on the probabilities
  * needs them stored, (B, NH, T, T) per block. */
-static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att)
+static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att, int acts16)
 {
     size_t L = m->shape.n_layer, C = m->shape.n_embd, NH = m->shape.n_head, BT = (size_t)B * T;
     size_t att = with_att ? (size_t)B * NH * T * T : 0;
-    size_t per_block = BT * (16 * C + 4) + att + (size_t)B * NH * T;
+    /* ln1, ln2 (C each) and fch_gelu (4C): floats, or bf16 in half as many */
+    size_t ln = acts16 ? (BT * C + 1) / 2 : BT * C, gelu = acts16 ? BT * 2 * C : BT * 4 * C;
+    size_t per_block = BT * (10 * C + 4) + 2 * ln + gelu + att + (size_t)B * NH * T;
     size_t total = BT * C /* encoded */ + BT * (C + 2) /* lnf */ + L * per_block +
                    BT * C /* d_res */ + BT * C /* d_small */ + BT * 4 * C /* d_big */ +
                    att /* d_att */;
@@ -209,14 +219,14 @@ static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att)
     m->lnf_rstd = TAKE(BT);
     for (size_t l = 0; l < L; l++) {
         block_acts *a = &m->blocks[l];
-        a->ln1 = TAKE(BT * C), a->ln1_mean = TAKE(BT), a->ln1_rstd = TAKE(BT);
+        a->ln1 = TAKE(ln), a->ln1_mean = TAKE(BT), a->ln1_rstd = TAKE(BT);
         a->qkv = TAKE(BT * 3 * C);
         a->atty = TAKE(BT * C);
         a->att = with_att ? TAKE(att) : NULL;
         a->lse = TAKE((size_t)B * NH * T);
         a->res2 = TAKE(BT * C);
-        a->ln2 = TAKE(BT * C), a->ln2_mean = TAKE(BT), a->ln2_rstd = TAKE(BT);
-        a->fch = TAKE(BT * 4 * C), a->fch_gelu = TAKE(BT * 4 * C);
+        a->ln2 = TAKE(ln), a->ln2_mean = TAKE(BT), a->ln2_rstd = TAKE(BT);
+        a->fch = TAKE(BT * 4 * C), a->fch_gelu = TAKE(gelu);
         a->res3 = TAKE(BT * C);
     }
     m->d_res = TAKE(BT * C);
@@ -226,6 +236,7 @@ static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att)
 #undef TAKE
     m->arena_floats = total;
     m->with_att = with_att;
+    m->acts16 = acts16;
     m->B = B;
     m->T = T;
     return strata_ok();
@@ -262,8 +273,10 @@ static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
     const strata_dropout_request *d = strata_model_dropout_request(model);
     m->drop_p = d->p, m->drop_seed = d->seed, m->drop_step = d->step, m->drop_ids = d->sample_ids;
     int need_att = m->drop_p > 0;
-    if (m->B != B || m->T != T || (need_att && !m->with_att))
-        STRATA_TRY(alloc_arena(m, B, T, need_att || (m->with_att && m->B == B && m->T == T)));
+    int acts16 = strata_model_precision(model) == STRATA_BF16;
+    if (m->B != B || m->T != T || (need_att && !m->with_att) || acts16 != m->acts16)
+        STRATA_TRY(
+            alloc_arena(m, B, T, need_att || (m->with_att && m->B == B && m->T == T), acts16));
     m->fwd_B = B, m->fwd_T = T;
     m->fwd_drop = m->drop_p > 0;
     if (m->fwd_drop) {
@@ -417,50 +430,77 @@ static void gpt2_embed_forward(strata_model *model, void *state, const uint32_t 
     }
 }
 
+/* The block's matmul-only operands: the norms' and GELU's outputs, bf16
+ * when the arena holds them so. */
+static void layernorm_out(gpt2 *m, float *out, float *mean, float *rstd, const float *inp,
+                          const float *w, const float *b, int N, int C)
+{
+    if (m->acts16)
+        strata_layernorm_forward_bf16((strata_bf16 *)out, mean, rstd, inp, w, b, N, C);
+    else
+        strata_layernorm_forward(out, mean, rstd, inp, w, b, N, C);
+}
+
+static void linear_forward(gpt2 *m, float *out, const float *inp, int inp16, int l, int w, int N,
+                           int C, int OC, float beta)
+{
+    strata_linear_forward(m->prec, out, inp, inp16 && m->acts16, param(m, l, w), param16(m, l, w),
+                          param(m, l, w + 1), N, C, OC, beta);
+}
+
+static void linear_backward(gpt2 *m, float *dinp, const float *dout, const float *inp, int inp16,
+                            int l, int w, int N, int C, int OC)
+{
+    strata_linear_backward(m->prec, dinp, grad(m, l, w), grad(m, l, w + 1), dout, inp,
+                           inp16 && m->acts16, param(m, l, w), param16(m, l, w), N, C, OC);
+}
+
 static void gpt2_block_forward(strata_model *model, void *state, int l)
 {
     gpt2 *m = state;
     int B = m->fwd_B, T = m->fwd_T, BT = B * T, C = m->shape.n_embd, NH = m->shape.n_head;
     int drop = m->fwd_drop;
+    m->prec = strata_model_precision(model);
+    m->params16 = strata_model_params_bf16(model);
     const float *residual = l > 0 ? m->blocks[l - 1].res3 : m->encoded;
     block_acts *a = &m->blocks[l];
-    TIMED(elementwise, strata_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, residual,
-                                                param(m, l, LN1_W), param(m, l, LN1_B), BT, C));
-    TIMED(matmul, strata_matmul_forward(a->qkv, a->ln1, param(m, l, QKV_W), param(m, l, QKV_B), BT,
-                                        C, 3 * C, 0.0f));
+    TIMED(elementwise, layernorm_out(m, a->ln1, a->ln1_mean, a->ln1_rstd, residual,
+                                     param(m, l, LN1_W), param(m, l, LN1_B), BT, C));
+    TIMED(matmul, linear_forward(m, a->qkv, a->ln1, 1, l, QKV_W, BT, C, 3 * C, 0.0f));
     if (!drop) {
-        TIMED(attention, strata_gqa_attention_forward(a->atty, a->lse, a->qkv, B, T, NH, NH, C / NH,
-                                                      0, 1.0f / sqrtf((float)(C / NH)),
-                                                      m->att_scratch, m->att_scratch_floats));
+        TIMED(attention, strata_gqa_attention_forward_prec(
+                             m->prec, a->atty, a->lse, a->qkv, B, T, NH, NH, C / NH, 0,
+                             1.0f / sqrtf((float)(C / NH)), m->att_scratch, m->att_scratch_floats));
         /* res2 = residual + c_proj(atty): copy, then let sgemm accumulate. */
         TIMED(elementwise, memcpy(a->res2, residual, (size_t)BT * C * sizeof(float)));
-        TIMED(matmul, strata_matmul_forward(a->res2, a->atty, param(m, l, PROJ_W),
-                                            param(m, l, PROJ_B), BT, C, C, 1.0f));
+        TIMED(matmul, linear_forward(m, a->res2, a->atty, 0, l, PROJ_W, BT, C, C, 1.0f));
     } else {
         /* The dropped probabilities live in d_att (backward scratch) for
-         * the call; the branch output in d_small, dropped, then added. */
+         * the call; the branch output in d_small, dropped, then added.
+         * Attention's own products run in fp32 here. */
         strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
         strata_dropout dp = dropout_of(m, l, STRATA_DROPOUT_ATTN_PROJ);
         TIMED(attention, strata_attention_forward_dropout(a->atty, a->att, m->d_att, a->qkv, B, T,
                                                           C, NH, &da));
-        TIMED(matmul, strata_matmul_forward(m->d_small, a->atty, param(m, l, PROJ_W),
-                                            param(m, l, PROJ_B), BT, C, C, 0.0f));
+        TIMED(matmul, linear_forward(m, m->d_small, a->atty, 0, l, PROJ_W, BT, C, C, 0.0f));
         TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dp, B, (long)T * C));
         TIMED(elementwise, strata_residual_forward(a->res2, residual, m->d_small, BT * C));
     }
-    TIMED(elementwise, strata_layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
-                                                param(m, l, LN2_W), param(m, l, LN2_B), BT, C));
-    TIMED(matmul, strata_matmul_forward(a->fch, a->ln2, param(m, l, FC_W), param(m, l, FC_B), BT, C,
-                                        4 * C, 0.0f));
-    TIMED(elementwise, strata_gelu_forward(a->fch_gelu, a->fch, BT * 4 * C));
+    TIMED(elementwise, layernorm_out(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2,
+                                     param(m, l, LN2_W), param(m, l, LN2_B), BT, C));
+    TIMED(matmul, linear_forward(m, a->fch, a->ln2, 1, l, FC_W, BT, C, 4 * C, 0.0f));
+    if (m->acts16)
+        TIMED(elementwise,
+              strata_gelu_forward_bf16((strata_bf16 *)a->fch_gelu, a->fch, BT * 4 * C));
+    else
+        TIMED(elementwise, strata_gelu_forward(a->fch_gelu, a->fch, BT * 4 * C));
     if (!drop) {
         TIMED(elementwise, memcpy(a->res3, a->res2, (size_t)BT * C * sizeof(float)));
-        TIMED(matmul, strata_matmul_forward(a->res3, a->fch_gelu, param(m, l, FCPROJ_W),
-                                            param(m, l, FCPROJ_B), BT, 4 * C, C, 1.0f));
+        TIMED(matmul, linear_forward(m, a->res3, a->fch_gelu, 1, l, FCPROJ_W, BT, 4 * C, C, 1.0f));
     } else {
         strata_dropout dm = dropout_of(m, l, STRATA_DROPOUT_MLP_PROJ);
-        TIMED(matmul, strata_matmul_forward(m->d_small, a->fch_gelu, param(m, l, FCPROJ_W),
-                                            param(m, l, FCPROJ_B), BT, 4 * C, C, 0.0f));
+        TIMED(matmul,
+              linear_forward(m, m->d_small, a->fch_gelu, 1, l, FCPROJ_W, BT, 4 * C, C, 0.0f));
         TIMED(elementwise, strata_dropout_apply(m->d_small, m->d_small, &dm, B, (long)T * C));
         TIMED(elementwise, strata_residual_forward(a->res3, a->res2, m->d_small, BT * C));
     }
@@ -503,13 +543,10 @@ static void block_backward(gpt2 *m, int l, const float *block_input, int need_di
 
     /* MLP: res3 = res2 + c_proj(gelu(c_fc(ln2(res2)))) */
     memset(d_big, 0, (size_t)BT * 4 * C * sizeof(float));
-    TIMED(matmul,
-          strata_matmul_backward(d_big, grad(m, l, FCPROJ_W), grad(m, l, FCPROJ_B), d_branch,
-                                 a->fch_gelu, param(m, l, FCPROJ_W), BT, 4 * C, C));
+    TIMED(matmul, linear_backward(m, d_big, d_branch, a->fch_gelu, 1, l, FCPROJ_W, BT, 4 * C, C));
     TIMED(elementwise, strata_gelu_backward(d_big, a->fch, d_big, BT * 4 * C));
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, FC_W), grad(m, l, FC_B), d_big, a->ln2,
-                                         param(m, l, FC_W), BT, C, 4 * C));
+    TIMED(matmul, linear_backward(m, d_small, d_big, a->ln2, 1, l, FC_W, BT, C, 4 * C));
     TIMED(elementwise,
           strata_layernorm_backward(d_res, grad(m, l, LN2_W), grad(m, l, LN2_B), d_small, a->res2,
                                     param(m, l, LN2_W), a->ln2_mean, a->ln2_rstd, BT, C));
@@ -522,21 +559,20 @@ static void block_backward(gpt2 *m, int l, const float *block_input, int need_di
         d_branch = d_big;
     }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, PROJ_W), grad(m, l, PROJ_B), d_branch,
-                                         a->atty, param(m, l, PROJ_W), BT, C, C));
+    TIMED(matmul, linear_backward(m, d_small, d_branch, a->atty, 0, l, PROJ_W, BT, C, C));
     float *d_qkv = d_big; /* (B,T,3C) fits in the (B,T,4C) scratch, free again */
     if (!drop) {
-        TIMED(attention, strata_gqa_attention_backward(
-                             d_qkv, d_small, a->qkv, a->atty, a->lse, B, T, NH, NH, C / NH, 0,
-                             1.0f / sqrtf((float)(C / NH)), m->att_scratch, m->att_scratch_floats));
+        TIMED(attention, strata_gqa_attention_backward_prec(m->prec, d_qkv, d_small, a->qkv,
+                                                            a->atty, a->lse, B, T, NH, NH, C / NH,
+                                                            0, 1.0f / sqrtf((float)(C / NH)),
+                                                            m->att_scratch, m->att_scratch_floats));
     } else {
         strata_dropout da = dropout_of(m, l, STRATA_DROPOUT_ATTN);
         TIMED(attention, strata_attention_backward_dropout(d_qkv, m->d_att, d_small, a->qkv, a->att,
                                                            B, T, C, NH, &da));
     }
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, grad(m, l, QKV_W), grad(m, l, QKV_B), d_qkv,
-                                         a->ln1, param(m, l, QKV_W), BT, C, 3 * C));
+    TIMED(matmul, linear_backward(m, d_small, d_qkv, a->ln1, 1, l, QKV_W, BT, C, 3 * C));
     TIMED(elementwise, strata_layernorm_backward(
                            need_dinp ? d_res : NULL, grad(m, l, LN1_W), grad(m, l, LN1_B), d_small,
                            block_input, param(m, l, LN1_W), a->ln1_mean, a->ln1_rstd, BT, C));

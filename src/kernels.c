@@ -8,11 +8,11 @@
  */
 #include "strata/kernels.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
+#include "strata/gemm.h"
 #include "strata/rng.h"
 #include "strata/vecmath.h"
 
@@ -90,6 +90,25 @@ void strata_layernorm_forward(float *out, float *mean, float *rstd, const float 
     }
 }
 
+void strata_layernorm_forward_bf16(strata_bf16 *out, float *mean, float *rstd, const float *inp,
+                                   const float *w, const float *b, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        float s = 1.0f / sqrtf(v / C + LN_EPS);
+        strata_bf16 *y = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) y[c] = strata_bf16_from_float((x[c] - m) * s * w[c] + b[c]);
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
 /* With xhat = (x - mean) * rstd and g = dout * w:
  *   dinp = rstd * (g - mean(g) - xhat * mean(g * xhat))
  *   dw += sum_n dout * xhat,  db += sum_n dout */
@@ -136,6 +155,29 @@ void strata_layernorm_backward(float *dinp, float *dw, float *db, const float *d
 void strata_matmul_forward(float *out, const float *inp, const float *w, const float *bias, int N,
                            int C, int OC, float beta)
 {
+    strata_linear_forward(STRATA_FP32, out, inp, 0, w, NULL, bias, N, C, OC, beta);
+}
+
+void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
+                            const float *inp, const float *w, int N, int C, int OC)
+{
+    strata_linear_backward(STRATA_FP32, dinp, dw, dbias, dout, inp, 0, w, NULL, N, C, OC);
+}
+
+static strata_mat input_mat(const void *inp, int inp_bf16, int ld, int trans)
+{
+    return inp_bf16 ? strata_mat_bf16(inp, ld, trans) : strata_mat_f32(inp, ld, trans);
+}
+
+static strata_mat weight_mat(const float *w, const strata_bf16 *w16, int ld, int trans)
+{
+    return w16 ? strata_mat_bf16(w16, ld, trans) : strata_mat_f32(w, ld, trans);
+}
+
+void strata_linear_forward(strata_precision prec, float *out, const void *inp, int inp_bf16,
+                           const float *w, const strata_bf16 *w16, const float *bias, int N, int C,
+                           int OC, float beta)
+{
     if (bias) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) {
@@ -147,19 +189,20 @@ void strata_matmul_forward(float *out, const float *inp, const float *w, const f
         }
         beta = 1.0f;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, C, w, C, beta, out,
-                OC);
+    strata_gemm(prec, N, OC, C, 1.0f, input_mat(inp, inp_bf16, C, 0), weight_mat(w, w16, C, 1),
+                beta, out, OC);
 }
 
-void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
-                            const float *inp, const float *w, int N, int C, int OC)
+void strata_linear_backward(strata_precision prec, float *dinp, float *dw, float *dbias,
+                            const float *dout, const void *inp, int inp_bf16, const float *w,
+                            const strata_bf16 *w16, int N, int C, int OC)
 {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, w, C, 1.0f,
-                    dinp, C);
+        strata_gemm(prec, N, C, OC, 1.0f, strata_mat_f32(dout, OC, 0), weight_mat(w, w16, C, 0),
+                    1.0f, dinp, C);
     if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
-                    dw, C);
+        strata_gemm(prec, OC, C, N, 1.0f, strata_mat_f32(dout, OC, 1),
+                    input_mat(inp, inp_bf16, C, 0), 1.0f, dw, C);
     if (dbias) {
 #pragma omp parallel for schedule(static)
         for (int j0 = 0; j0 < OC; j0 += 64) {
@@ -222,8 +265,9 @@ void strata_attention_forward_dropout(float *out, float *att, float *scratch, co
             for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
                 int r1 = r0 + ATT_BLOCK < T ? r0 + ATT_BLOCK : T;
                 /* S[r0:r1, 0:r1] = scale * Q[r0:r1] K[0:r1]^T */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, hs, scale,
-                            q + (size_t)r0 * C3, C3, k, C3, 0.0f, P + (size_t)r0 * T, T);
+                strata_gemm(STRATA_FP32, r1 - r0, r1, hs, scale,
+                            strata_mat_f32(q + (size_t)r0 * C3, C3, 0), strata_mat_f32(k, C3, 1),
+                            0.0f, P + (size_t)r0 * T, T);
                 for (int t = r0; t < r1; t++) {
                     float *p = P + (size_t)t * T;
                     float mx = row_max(p, t + 1);
@@ -247,8 +291,9 @@ void strata_attention_forward_dropout(float *out, float *att, float *scratch, co
                                        ((long)h * T + t) * T, r1, d->scale);
                     A = Pd;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, hs, r1, 1.0f,
-                            A + (size_t)r0 * T, T, v, C3, 0.0f, o + (size_t)r0 * C, C);
+                strata_gemm(STRATA_FP32, r1 - r0, hs, r1, 1.0f,
+                            strata_mat_f32(A + (size_t)r0 * T, T, 0), strata_mat_f32(v, C3, 0),
+                            0.0f, o + (size_t)r0 * C, C);
             }
         }
 }
@@ -289,19 +334,21 @@ void strata_attention_backward_dropout(float *dqkv, float *datt, const float *do
                 const float *Pr = P + (size_t)r0 * T;
                 float *dPr = dP + (size_t)r0 * T;
                 if (!d) {
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
-                                dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, Pr, T,
-                                dO + (size_t)r0 * C, C, 1.0f, dv, C3);
+                    strata_gemm(STRATA_FP32, nr, r1, hs, 1.0f,
+                                strata_mat_f32(dO + (size_t)r0 * C, C, 0), strata_mat_f32(v, C3, 1),
+                                0.0f, dPr, T);
+                    strata_gemm(STRATA_FP32, r1, hs, nr, 1.0f, strata_mat_f32(Pr, T, 1),
+                                strata_mat_f32(dO + (size_t)r0 * C, C, 0), 1.0f, dv, C3);
                 } else {
                     const uint64_t *row = d->words + (size_t)b * d->words_per_row;
                     for (int t = r0; t < r1; t++)
                         mask_span_copy(dP + (size_t)t * T, P + (size_t)t * T, row,
                                        ((long)h * T + t) * T, r1, d->scale);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, 1.0f, dPr, T,
-                                dO + (size_t)r0 * C, C, 1.0f, dv, C3);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, r1, hs, 1.0f,
-                                dO + (size_t)r0 * C, C, v, C3, 0.0f, dPr, T);
+                    strata_gemm(STRATA_FP32, r1, hs, nr, 1.0f, strata_mat_f32(dPr, T, 1),
+                                strata_mat_f32(dO + (size_t)r0 * C, C, 0), 1.0f, dv, C3);
+                    strata_gemm(STRATA_FP32, nr, r1, hs, 1.0f,
+                                strata_mat_f32(dO + (size_t)r0 * C, C, 0), strata_mat_f32(v, C3, 1),
+                                0.0f, dPr, T);
                     for (int t = r0; t < r1; t++)
                         mask_span_inplace(dP + (size_t)t * T, row, ((long)h * T + t) * T, t + 1,
                                           d->scale);
@@ -314,10 +361,10 @@ void strata_attention_backward_dropout(float *dqkv, float *datt, const float *do
                     for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - dot);
                     for (int j = t + 1; j < r1; j++) d[j] = 0.0f;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, hs, r1, scale, dPr, T, k,
-                            C3, 0.0f, dq + (size_t)r0 * C3, C3);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1, hs, nr, scale, dPr, T,
-                            q + (size_t)r0 * C3, C3, 1.0f, dk, C3);
+                strata_gemm(STRATA_FP32, nr, hs, r1, scale, strata_mat_f32(dPr, T, 0),
+                            strata_mat_f32(k, C3, 0), 0.0f, dq + (size_t)r0 * C3, C3);
+                strata_gemm(STRATA_FP32, r1, hs, nr, scale, strata_mat_f32(dPr, T, 1),
+                            strata_mat_f32(q + (size_t)r0 * C3, C3, 0), 1.0f, dk, C3);
             }
         }
 }
@@ -330,6 +377,16 @@ void strata_gelu_forward(float *out, const float *inp, int N)
     for (int i = 0; i < N; i++) {
         float x = inp[i];
         out[i] = 0.5f * x * (1.0f + tanh_approx(GELU_K * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void strata_gelu_forward_bf16(strata_bf16 *out, const float *inp, int N)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = strata_bf16_from_float(0.5f * x *
+                                        (1.0f + tanh_approx(GELU_K * (x + 0.044715f * x * x * x))));
     }
 }
 
@@ -466,8 +523,8 @@ void strata_lm_head_backward(float *dwte, float *dw, float *db, const float *dlo
                 for (int j = j0; j < j1; j++) s[j] += d[j];
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nv, C, N, 1.0f, dlogits + v0, Vp, xhat,
-                    C, 0.0f, G, C);
+        strata_gemm(STRATA_FP32, nv, C, N, 1.0f, strata_mat_f32(dlogits + v0, Vp, 1),
+                    strata_mat_f32(xhat, C, 0), 0.0f, G, C);
 #pragma omp parallel for schedule(static)
         for (int c0 = 0; c0 < C; c0 += 16) {
             int c1 = c0 + 16 < C ? c0 + 16 : C;

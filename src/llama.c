@@ -97,6 +97,8 @@ typedef struct llama {
     float *d_res, *x_norm, *d_small, *d_big, *d_qkv, *d_raw, *h, *dh, *att_scratch;
     size_t att_scratch_floats;
     uint32_t *inputs;
+    strata_precision prec;       /* of this forward's products */
+    const strata_bf16 *params16; /* the model's bf16 copy (bf16 only) */
 } llama;
 
 #define TIMED(field, stmt) STRATA_TIMED(m->timing, field, stmt)
@@ -334,6 +336,24 @@ static size_t llama_state_bytes(const void *state)
 
 static float *P(llama *m, int l, int k) { return m->params + m->off[l][k]; }
 static float *G(llama *m, int l, int k) { return m->grads + m->off[l][k]; }
+static const strata_bf16 *P16(llama *m, int l, int k)
+{
+    return m->params16 ? m->params16 + m->off[l][k] : NULL;
+}
+
+/* out = beta out + inp @ W(l, k)^T (+ bias), in the forward's precision. */
+static void linear_fwd(llama *m, float *out, const float *inp, int l, int k, const float *bias,
+                       int N, int C, int OC, float beta)
+{
+    strata_linear_forward(m->prec, out, inp, 0, P(m, l, k), P16(m, l, k), bias, N, C, OC, beta);
+}
+
+static void linear_bwd(llama *m, float *dinp, float *dbias, const float *dout, const float *inp,
+                       int l, int k, int N, int C, int OC)
+{
+    strata_linear_backward(m->prec, dinp, G(m, l, k), dbias, dout, inp, 0, P(m, l, k), P16(m, l, k),
+                           N, C, OC);
+}
 
 static void llama_embed_forward(strata_model *model, void *state, const uint32_t *inputs, int B,
                                 int T)
@@ -364,29 +384,29 @@ static void llama_block_forward(strata_model *model, void *state, int l)
     int NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim;
     block_acts *a = &m->blocks[l];
     const float *x = l > 0 ? m->blocks[l - 1].res3 : m->encoded;
+    m->prec = strata_model_precision(model);
+    m->params16 = strata_model_params_bf16(model);
 
     /* attention: res2 = x + o_proj(attn(rope(qk_norm(qkv(rms(x)))))) */
     TIMED(elementwise,
           strata_rmsnorm_forward(m->x_norm, a->r1, x, P(m, l, IN_NORM), BT, C, s->norm_eps));
-    TIMED(matmul, strata_matmul_forward(a->qkv, m->x_norm, P(m, l, Q_W),
-                                        s->qkv_bias ? P(m, l, Q_B) : NULL, BT, C, m->QKV, 0.0f));
+    TIMED(matmul, linear_fwd(m, a->qkv, m->x_norm, l, Q_W, s->qkv_bias ? P(m, l, Q_B) : NULL, BT, C,
+                             m->QKV, 0.0f));
     if (s->qk_norm) TIMED(elementwise, qk_norm_forward(m, l, a, BT));
     TIMED(elementwise, strata_rope_forward(a->qkv, m->rope_cos, m->rope_sin, B, T, NH, NKV, hs));
-    TIMED(attention, strata_gqa_attention_forward(a->atty, a->lse, a->qkv, B, T, NH, NKV, hs,
-                                                  s->sliding_window, m->scale, m->att_scratch,
-                                                  m->att_scratch_floats));
+    TIMED(attention, strata_gqa_attention_forward_prec(m->prec, a->atty, a->lse, a->qkv, B, T, NH,
+                                                       NKV, hs, s->sliding_window, m->scale,
+                                                       m->att_scratch, m->att_scratch_floats));
     TIMED(elementwise, memcpy(a->res2, x, (size_t)BT * C * sizeof(float)));
-    TIMED(matmul,
-          strata_matmul_forward(a->res2, a->atty, P(m, l, O_W), NULL, BT, NH * hs, C, 1.0f));
+    TIMED(matmul, linear_fwd(m, a->res2, a->atty, l, O_W, NULL, BT, NH * hs, C, 1.0f));
 
     /* MLP: res3 = res2 + down(silu(gate(rms(res2))) * up(rms(res2))) */
     TIMED(elementwise, strata_rmsnorm_forward(m->x_norm, a->r2, a->res2, P(m, l, POST_NORM), BT, C,
                                               s->norm_eps));
-    TIMED(matmul,
-          strata_matmul_forward(a->gu, m->x_norm, P(m, l, GATE_W), NULL, BT, C, 2 * I, 0.0f));
+    TIMED(matmul, linear_fwd(m, a->gu, m->x_norm, l, GATE_W, NULL, BT, C, 2 * I, 0.0f));
     TIMED(elementwise, strata_swiglu_forward(m->h, a->gu, BT, I));
     TIMED(elementwise, memcpy(a->res3, a->res2, (size_t)BT * C * sizeof(float)));
-    TIMED(matmul, strata_matmul_forward(a->res3, m->h, P(m, l, DOWN_W), NULL, BT, I, C, 1.0f));
+    TIMED(matmul, linear_fwd(m, a->res3, m->h, l, DOWN_W, NULL, BT, I, C, 1.0f));
 }
 
 static const float *llama_final_norm_forward(strata_model *model, void *state)
@@ -442,32 +462,29 @@ static void llama_block_backward(strata_model *model, void *state, int l, int ne
     /* MLP: SwiGLU's output h is recomputed from gate|up. */
     TIMED(elementwise, strata_swiglu_forward(m->h, a->gu, BT, I));
     memset(m->dh, 0, (size_t)BT * I * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(m->dh, G(m, l, DOWN_W), NULL, d_res, m->h, P(m, l, DOWN_W),
-                                         BT, I, C));
+    TIMED(matmul, linear_bwd(m, m->dh, NULL, d_res, m->h, l, DOWN_W, BT, I, C));
     float *d_gu = d_big; /* (BT, 2I) */
     TIMED(elementwise, strata_swiglu_backward(d_gu, m->dh, a->gu, BT, I));
     TIMED(elementwise, strata_rmsnorm_forward(m->x_norm, a->r2, a->res2, P(m, l, POST_NORM), BT, C,
                                               s->norm_eps));
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, G(m, l, GATE_W), NULL, d_gu, m->x_norm,
-                                         P(m, l, GATE_W), BT, C, 2 * I));
+    TIMED(matmul, linear_bwd(m, d_small, NULL, d_gu, m->x_norm, l, GATE_W, BT, C, 2 * I));
     TIMED(elementwise, strata_rmsnorm_backward(d_res, G(m, l, POST_NORM), d_small, a->res2,
                                                P(m, l, POST_NORM), a->r2, BT, C));
 
     /* attention */
     memset(d_small, 0, (size_t)BT * NH * hs * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, G(m, l, O_W), NULL, d_res, a->atty, P(m, l, O_W),
-                                         BT, NH * hs, C));
-    TIMED(attention, strata_gqa_attention_backward(m->d_qkv, d_small, a->qkv, a->atty, a->lse, B, T,
-                                                   NH, NKV, hs, s->sliding_window, m->scale,
-                                                   m->att_scratch, m->att_scratch_floats));
+    TIMED(matmul, linear_bwd(m, d_small, NULL, d_res, a->atty, l, O_W, BT, NH * hs, C));
+    TIMED(attention, strata_gqa_attention_backward_prec(
+                         m->prec, m->d_qkv, d_small, a->qkv, a->atty, a->lse, B, T, NH, NKV, hs,
+                         s->sliding_window, m->scale, m->att_scratch, m->att_scratch_floats));
     float *d_proj;
     TIMED(elementwise, d_proj = qkv_grad_to_projection(m, l, a, BT));
     TIMED(elementwise,
           strata_rmsnorm_forward(m->x_norm, a->r1, x, P(m, l, IN_NORM), BT, C, s->norm_eps));
     memset(d_small, 0, (size_t)BT * C * sizeof(float));
-    TIMED(matmul, strata_matmul_backward(d_small, G(m, l, Q_W), s->qkv_bias ? G(m, l, Q_B) : NULL,
-                                         d_proj, m->x_norm, P(m, l, Q_W), BT, C, m->QKV));
+    TIMED(matmul, linear_bwd(m, d_small, s->qkv_bias ? G(m, l, Q_B) : NULL, d_proj, m->x_norm, l,
+                             Q_W, BT, C, m->QKV));
     TIMED(elementwise, strata_rmsnorm_backward(need_dinp ? d_res : NULL, G(m, l, IN_NORM), d_small,
                                                x, P(m, l, IN_NORM), a->r1, BT, C));
 }

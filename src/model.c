@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "strata/family.h"
+#include "strata/gemm.h"
 #include "strata/kernels.h"
 
 struct strata_model {
@@ -30,6 +31,10 @@ struct strata_model {
 
     strata_dropout_request drop;
     strata_model_timing timing;
+
+    strata_precision prec;
+    strata_bf16 *params16; /* bf16 copy of params (bf16 only), same offsets */
+    int params16_stale;    /* params may have changed since the copy */
 };
 
 const strata_family *strata_family_find(int id)
@@ -129,11 +134,18 @@ void strata_model_free(strata_model *m)
     free(m->tensors);
     free_head(m);
     free(m->logits);
+    free(m->params16);
     free(m);
 }
 
 const strata_model_shape *strata_model_get_shape(const strata_model *m) { return &m->shape; }
-float *strata_model_params(strata_model *m) { return m->params; }
+/* Whoever takes the parameters may write them: the bf16 copy is redone
+ * before the next forward. */
+float *strata_model_params(strata_model *m)
+{
+    m->params16_stale = 1;
+    return m->params;
+}
 float *strata_model_grads(strata_model *m) { return m->grads; }
 size_t strata_model_n_floats(const strata_model *m) { return m->n_floats; }
 int strata_model_n_tensors(const strata_model *m) { return m->n_tensors; }
@@ -180,8 +192,38 @@ size_t strata_model_top_begin(const strata_model *m)
     return t ? t->offset : m->n_floats;
 }
 
+strata_err strata_model_set_precision(strata_model *m, strata_precision prec)
+{
+    if (prec != STRATA_FP32 && prec != STRATA_BF16)
+        return strata_errorf(STRATA_EINPUT, "unknown precision %d", (int)prec);
+    STRATA_TRY(strata_gemm_check_precision(prec));
+    if (prec == STRATA_BF16 && !m->params16) {
+        m->params16 = malloc(m->n_floats * sizeof(strata_bf16));
+        if (!m->params16)
+            return strata_errorf(STRATA_EFAIL, "out of memory for the bf16 weight copy");
+    }
+    if (prec == STRATA_FP32) free(m->params16), m->params16 = NULL;
+    m->prec = prec;
+    m->params16_stale = 1;
+    return strata_ok();
+}
+
+strata_precision strata_model_precision(const strata_model *m) { return m->prec; }
+void strata_model_weights_changed(strata_model *m) { m->params16_stale = 1; }
+const strata_bf16 *strata_model_params_bf16(const strata_model *m) { return m->params16; }
+
+/* The copy is made whole, 1-D tensors included (they are a few floats). */
+static void refresh_bf16(strata_model *m)
+{
+    if (!m->params16 || !m->params16_stale) return;
+    STRATA_TIMED(&m->timing, elementwise,
+                 strata_bf16_from_floats(m->params16, m->params, m->n_floats));
+    m->params16_stale = 0;
+}
+
 void strata_model_init(strata_model *m, uint64_t seed)
 {
+    m->params16_stale = 1;
     memset(m->params, 0, m->n_floats * sizeof(float));
     m->family->init(m, seed);
 }
@@ -246,6 +288,7 @@ size_t strata_model_activation_bytes(const strata_model *m)
 static const float *body_forward(strata_model *m, const uint32_t *inputs, int B, int T)
 {
     m->fwd_B = B, m->fwd_T = T;
+    refresh_bf16(m);
     m->family->embed_forward(m, m->state, inputs, B, T);
     for (int l = 0; l < m->shape.n_layer; l++) m->family->block_forward(m, m->state, l);
     return m->family->final_norm_forward(m, m->state);
@@ -259,20 +302,23 @@ static void head_chunks(strata_model *m, const float *h, const uint32_t *targets
                         float grad_scale, float *dh, float *dW)
 {
     int C = m->shape.n_embd, V = m->shape.vocab_size, Vp = m->shape.padded_vocab;
-    const float *W = m->params + head_tensor(m)->offset;
+    size_t off = head_tensor(m)->offset;
+    const float *W = m->params + off;
+    const strata_bf16 *W16 = m->params16 ? m->params16 + off : NULL;
     for (int r0 = 0; r0 < N; r0 += m->chunk_rows) {
         int n = N - r0 < m->chunk_rows ? N - r0 : m->chunk_rows;
         const float *hc = h + (size_t)r0 * C;
         STRATA_TIMED(&m->timing, matmul,
-                     strata_matmul_forward(m->chunk, hc, W, NULL, n, C, Vp, 0.0f));
+                     strata_linear_forward(m->prec, m->chunk, hc, 0, W, W16, NULL, n, C, Vp, 0.0f));
         STRATA_TIMED(&m->timing, loss,
                      strata_crossentropy_forward_backward(m->chunk, m->losses + r0, targets + r0, n,
                                                           V, Vp, grad_scale));
         if (grad_scale == 0.0f) continue;
         float *dhc = dh ? dh + (size_t)r0 * C : NULL;
         if (dhc) memset(dhc, 0, (size_t)n * C * sizeof(float));
-        STRATA_TIMED(&m->timing, matmul,
-                     strata_matmul_backward(dhc, dW, NULL, m->chunk, hc, W, n, C, Vp));
+        STRATA_TIMED(
+            &m->timing, matmul,
+            strata_linear_backward(m->prec, dhc, dW, NULL, m->chunk, hc, 0, W, W16, n, C, Vp));
     }
 }
 
@@ -302,9 +348,11 @@ float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32
             m->logits_floats = m->logits ? BT * Vp : 0;
             if (!m->logits) return NAN;
         }
-        const float *W = m->params + head_tensor(m)->offset;
+        size_t off = head_tensor(m)->offset;
         STRATA_TIMED(&m->timing, matmul,
-                     strata_matmul_forward(m->logits, h, W, NULL, (int)BT, C, Vp, 0.0f));
+                     strata_linear_forward(m->prec, m->logits, h, 0, m->params + off,
+                                           m->params16 ? m->params16 + off : NULL, NULL, (int)BT, C,
+                                           Vp, 0.0f));
         return 0.0f;
     }
     head_chunks(m, h, targets, (int)BT, 0.0f, NULL, NULL);

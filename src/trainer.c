@@ -175,6 +175,8 @@ static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
     STRATA_TRY(strata_config_model_shape(c, scratch ? NULL : &file_shape, &shape));
     strata_err e = strata_model_create(&t->model, &shape);
     if (e.code) return strata_errorf(e.code, "%s: [model] %s", c->path, e.msg);
+    e = strata_model_set_precision(t->model, (strata_precision)c->train.precision);
+    if (e.code) return strata_errorf(e.code, "%s: [train] precision: %s", c->path, e.msg);
     if (c->data.seq_len > shape.block_size)
         return strata_errorf(STRATA_EINPUT,
                              "%s: [data] seq_len (%d) exceeds the model's block_size (%d)", c->path,

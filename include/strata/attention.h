@@ -15,7 +15,10 @@
  * dP = dO V^T, D[t] = sum_c dO[t, c] O[t, c], dS = P (dP - D):
  *   dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO,
  * dK and dV summed over each kv head's NH/NKV query heads in head order.
- * Every product is a cblas_sgemm on a block; work is split over (b, h),
+ * Every product is a strata_gemm on a block (gemm.h; the _prec variants
+ * name its precision, the others are fp32: in bf16, Q, K, V, dO and the
+ * blocks of P and dS are rounded to bf16 as they enter a product, while the
+ * scores, softmax, lse and D stay fp32); work is split over (b, h),
  * and nothing depends on which thread runs what: results are bitwise the
  * same for any thread count.
  */
@@ -23,6 +26,8 @@
 #define STRATA_ATTENTION_H
 
 #include <stddef.h>
+
+#include "strata/gemm.h"
 
 /* Floats of scratch for (B, T, NH, NKV, hs) at up to `threads` threads. */
 size_t strata_gqa_attention_scratch_floats(int B, int T, int NH, int NKV, int hs, int threads);
@@ -38,5 +43,14 @@ void strata_gqa_attention_backward(float *dqkv, const float *dout, const float *
                                    const float *out, const float *lse, int B, int T, int NH,
                                    int NKV, int hs, int window, float scale, float *scratch,
                                    size_t scratch_floats);
+
+void strata_gqa_attention_forward_prec(strata_precision prec, float *out, float *lse,
+                                       const float *qkv, int B, int T, int NH, int NKV, int hs,
+                                       int window, float scale, float *scratch,
+                                       size_t scratch_floats);
+void strata_gqa_attention_backward_prec(strata_precision prec, float *dqkv, const float *dout,
+                                        const float *qkv, const float *out, const float *lse, int B,
+                                        int T, int NH, int NKV, int hs, int window, float scale,
+                                        float *scratch, size_t scratch_floats);
 
 #endif

@@ -60,6 +60,7 @@ typedef struct strata_config {
         strata_schedule_kind schedule;
         double weight_decay, beta1, beta2, eps, grad_clip;
         int zero;
+        int precision; /* of the matrix products: STRATA_FP32 (0) or STRATA_BF16 (1), gemm.h */
         double bucket_mb;
         int comm_thread; /* a progress thread drives the gradient reduction */
         int max_bad_steps;

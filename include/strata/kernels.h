@@ -2,7 +2,8 @@
  *
  * Dimension names are the same everywhere: B batch, T time, C channels,
  * NH heads, hs = C/NH head size, V vocabulary, Vp padded vocabulary.
- * Every matmul (attention's QK^T and AV included) goes through cblas_sgemm;
+ * Every matmul (attention's QK^T and AV included) goes through strata_gemm
+ * (gemm.h), in fp32 unless a strata_linear_* call names another precision;
  * the element-wise kernels are plain loops that GCC vectorises, threaded with
  * OpenMP (the same pool OpenBLAS's OpenMP build uses). Backward kernels ADD
  * into parameter gradients and, unless said otherwise, into dinp.
@@ -12,6 +13,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "strata/gemm.h"
 
 /* out[b,t,:] = wte[inp[b,t],:] + wpe[t,:] (wpe NULL: no position embedding) */
 void strata_encoder_forward(float *out, const uint32_t *inp, const float *wte, const float *wpe,
@@ -23,6 +26,9 @@ void strata_encoder_backward(float *dwte, float *dwpe, const float *dout, const 
 /* y = (x - mean) / sqrt(var + 1e-5) * w + b per row of C; keeps mean, rstd. */
 void strata_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *w, const float *b, int N, int C);
+/* The same, the output rounded to bf16 (an operand that only feeds matmuls). */
+void strata_layernorm_forward_bf16(strata_bf16 *out, float *mean, float *rstd, const float *inp,
+                                   const float *w, const float *b, int N, int C);
 /* dinp (may be NULL) += ..., dw, db (may be NULL) += ... */
 void strata_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                                const float *inp, const float *w, const float *mean,
@@ -35,6 +41,15 @@ void strata_matmul_forward(float *out, const float *inp, const float *w, const f
  * dbias (OC) += column sums of dout (if dbias). */
 void strata_matmul_backward(float *dinp, float *dw, float *dbias, const float *dout,
                             const float *inp, const float *w, int N, int C, int OC);
+/* The two above in a precision (gemm.h): inp points at bf16 when inp_bf16,
+ * w16 is the bf16 copy of w (NULL: w itself, rounded on the way in bf16).
+ * Bias and its gradient stay fp32. strata_matmul_* are these in fp32. */
+void strata_linear_forward(strata_precision prec, float *out, const void *inp, int inp_bf16,
+                           const float *w, const strata_bf16 *w16, const float *bias, int N, int C,
+                           int OC, float beta);
+void strata_linear_backward(strata_precision prec, float *dinp, float *dw, float *dbias,
+                            const float *dout, const void *inp, int inp_bf16, const float *w,
+                            const strata_bf16 *w16, int N, int C, int OC);
 
 /* Causal multi-head attention. qkv (B,T,3C) holds q, k, v side by side;
  * att (B,NH,T,T) keeps the softmax probabilities; out (B,T,C). */
@@ -46,6 +61,7 @@ void strata_attention_backward(float *dqkv, float *datt, const float *dout, cons
 
 /* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
 void strata_gelu_forward(float *out, const float *inp, int N);
+void strata_gelu_forward_bf16(strata_bf16 *out, const float *inp, int N);
 /* dinp = gelu'(inp) * dout (overwrites dinp; dinp may alias dout). */
 void strata_gelu_backward(float *dinp, const float *inp, const float *dout, int N);
 

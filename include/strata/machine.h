@@ -9,7 +9,8 @@
 #include <stddef.h>
 
 /* One line, e.g. "AMD EPYC 9R14; OpenBLAS 0.3.21 core Zen (OPENBLAS_CORETYPE
- * unset); avx512_bf16". */
+ * unset); avx512_bf16; bf16 matmul oneDNN ..." (the last part is
+ * strata_gemm_describe's: the backend and ISA bf16 products run on). */
 void strata_machine_describe(char *buf, size_t n);
 
 #endif

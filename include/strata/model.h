@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "strata/err.h"
+#include "strata/gemm.h"
 
 /* Model families: each is one file (src/gpt2.c, src/llama.c) behind the
  * interface of family.h; nothing outside it knows its tensor names. */
@@ -193,6 +194,20 @@ enum {
  * dropout was off (for tests and fixtures). Returns the number of values,
  * written to out unless it is NULL; 0 for no such site or layer. */
 size_t strata_model_dropout_mask(const strata_model *m, int layer, int site, float *out);
+
+/* Precision of the matrix products (gemm.h), fp32 by default. In bf16 the
+ * model keeps a bf16 copy of its parameters (round to nearest even), made
+ * again before a forward whenever the fp32 ones may have changed:
+ * strata_model_params() (a writer's way in) and strata_model_init mark it,
+ * strata_model_weights_changed() says so explicitly. Activations, norms,
+ * softmax, loss, residual stream and gradients stay fp32; the fp32 master
+ * weights are the model's (checkpoints do not change). Fails with the
+ * error of strata_gemm_check_precision where bf16 cannot run. */
+strata_err strata_model_set_precision(strata_model *m, strata_precision prec);
+strata_precision strata_model_precision(const strata_model *m);
+void strata_model_weights_changed(strata_model *m);
+/* The bf16 copy (NULL in fp32), same offsets as the fp32 buffer. */
+const strata_bf16 *strata_model_params_bf16(const strata_model *m);
 
 void strata_model_zero_grad(strata_model *m);
 /* Logits of the last forward, (B, T, padded_vocab); valid when targets were

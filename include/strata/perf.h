@@ -4,6 +4,7 @@
 #ifndef STRATA_PERF_H
 #define STRATA_PERF_H
 
+#include "strata/gemm.h"
 #include "strata/model.h"
 
 /* 6 * N + 12 * L * T * NH * hs, the formula of PaLM's appendix B and
@@ -22,6 +23,12 @@ void strata_sgemm_probe_free(strata_sgemm_probe *p);
 /* GFLOP/s of the fastest of `runs` n x n x n products (n <= n_max) at the
  * current OpenMP thread count, repeating until min_seconds have passed. */
 double strata_sgemm_probe_gflops(strata_sgemm_probe *p, int n, int runs, double min_seconds);
+/* The same probe through strata_gemm in a precision: bf16 operands (made
+ * once from the fp32 ones) with fp32 output, on whichever backend bf16 runs
+ * here; fp32 is strata_sgemm_probe_gflops. The fair denominator of a bf16
+ * run's MFU. */
+double strata_gemm_probe_gflops(strata_sgemm_probe *p, strata_precision prec, int n, int runs,
+                                double min_seconds);
 /* One-off probe: the best run after a warm-up, at least 5 runs and
  * min_seconds. 0 when out of memory. */
 double strata_sgemm_peak_gflops(int n, double min_seconds);

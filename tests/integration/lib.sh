@@ -14,7 +14,12 @@ MPIRUN=(mpirun --allow-run-as-root --oversubscribe --bind-to none)
 # FAMILY=llama runs a test's configs as the llama family (tests/integration/
 # test_llama_family.sh does): apply_family adds these keys to the [model]
 # section of a config, every llama feature switched on.
+# PRECISION=bf16 likewise runs them with bf16 matmuls (test_bf16.sh).
 apply_family() { # config.ini
+  if [ "${PRECISION:-fp32}" = bf16 ]; then
+    sed -i '/^\[train\]/a precision = bf16' "$1"
+    grep -q '^precision = bf16' "$1" || fail "$1 has no [train] section for precision = bf16"
+  fi
   [ "${FAMILY:-gpt2}" = llama ] || return 0
   sed -i '/^\[model\]/a family = llama\nn_kv_head = 1\nffn_dim = 96\ntied = false\nqkv_bias = true\nqk_norm = true\nrope_theta = 10000' "$1"
 }

@@ -72,4 +72,13 @@ cmp_ckpt w2m2/ckpt-10.h5 w1m2/ckpt-10.h5 --bitwise || fail "micro-batches of 2 d
 # Against micro-batches of 1 the leaves differ (one sgemm sums two sequences):
 # equal only to fp32 rounding, which Adam amplifies where a gradient is ~0.
 echo -n "w1m2 vs w1: "
-cmp_ckpt w1m2/ckpt-10.h5 w1/ckpt-10.h5 --tol 1e-3 --model-only || fail "micro-batch size changed the model"
+if [ "${PRECISION:-fp32}" = bf16 ]; then
+  # bf16's noise on a zero gradient (the key bias) is far above Adam's eps:
+  # the weights are no measure there, the last step's loss is (within 1 %).
+  l1=$(sed -n 's/^step 10\/10 | loss \([0-9.]*\).*/\1/p' w1.log)
+  l2=$(sed -n 's/^step 10\/10 | loss \([0-9.]*\).*/\1/p' w1m2.log)
+  awk -v a="$l1" -v b="$l2" 'BEGIN { d = (a - b) / a; print "loss", a, "vs", b; exit !(a > 0 && d * d < 1e-4) }' ||
+    fail "micro-batch size changed the bf16 loss"
+else
+  cmp_ckpt w1m2/ckpt-10.h5 w1/ckpt-10.h5 --tol 1e-3 --model-only || fail "micro-batch size changed the model"
+fi
