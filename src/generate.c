@@ -2,12 +2,16 @@
 #include "strata/generate.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cblas.h>
 
 #include "strata/family.h"
 #include "strata/kernels.h"
 #include "strata/rng.h"
+#include "strata/tokenizer.h"
 
 #define SAMPLE_TAG 0x73616d706c65ull /* "sample" */
 /* Prompt tokens fed per call: prefill runs its products on this many rows
@@ -138,9 +142,10 @@ strata_err strata_generator_feed(strata_generator *g, const uint32_t *tokens, in
         h = g->family->decode(g->m, g->dstate, &g->kv, tokens + i, last, g->pos);
         g->pos += last;
     }
-    /* Only the last row's logits: one (1, C) x (C, Vp) product. */
-    strata_matmul_forward(g->logits, h + (size_t)(last - 1) * s->n_embd, g->head, NULL, 1,
-                          s->n_embd, s->padded_vocab, 0.0f);
+    /* Only the last row's logits: logits (Vp) = head (Vp, C) h. A matrix-vector
+     * product: sgemm would pack the whole (Vp, C) head for its one row. */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, s->padded_vocab, s->n_embd, 1.0f, g->head,
+                s->n_embd, h + (size_t)(last - 1) * s->n_embd, 1, 0.0f, g->logits, 1);
     *logits = g->logits;
     return strata_ok();
 }
@@ -306,4 +311,131 @@ size_t strata_utf8_flush(strata_utf8_stream *s, uint8_t *out)
     memcpy(out, s->held, n);
     s->n_held = 0;
     return n;
+}
+
+/* ---- the trainer's sample ------------------------------------------------- */
+
+size_t strata_escape_line(const uint8_t *in, size_t n, char *out)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t b = in[i];
+        const char *esc = b == '\n' ? "\\n" : b == '\t' ? "\\t" : b == '\\' ? "\\\\" : NULL;
+        if (esc) {
+            memcpy(out + w, esc, 2), w += 2;
+        } else if (b < 0x20 || b == 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            out[w++] = '\\', out[w++] = 'x', out[w++] = hex[b >> 4], out[w++] = hex[b & 15];
+        } else {
+            out[w++] = (char)b;
+        }
+    }
+    out[w] = 0;
+    return w;
+}
+
+static strata_err load_sample_tokenizer(const char *spec, const strata_model_shape *s,
+                                        strata_tokenizer **tok)
+{
+    size_t n = strlen(spec);
+    if (!n || !strcmp(spec, "byte")) {
+        if (s->vocab_size != 256)
+            return strata_errorf(STRATA_EINPUT,
+                                 "[log] sample_every: the model's vocab_size is %d, not the byte "
+                                 "tokenizer's 256: set [log] sample_tokenizer",
+                                 s->vocab_size);
+        return strata_tokenizer_byte(tok);
+    }
+    if (n >= 5 && !strcmp(spec + n - 5, ".json")) return strata_tokenizer_hf(tok, spec);
+    char enc[4200], bpe[4200];
+    snprintf(enc, sizeof enc, "%s/encoder.json", spec);
+    snprintf(bpe, sizeof bpe, "%s/vocab.bpe", spec);
+    return strata_tokenizer_gpt2(tok, enc, bpe);
+}
+
+typedef struct text_sink {
+    const strata_tokenizer *tok;
+    int eot, oom;
+    uint8_t *buf;
+    size_t n, cap;
+} text_sink;
+
+/* Appends a token's bytes; stops at the end-of-text token. */
+static int sink_token(void *ctx, uint32_t id)
+{
+    text_sink *s = ctx;
+    if ((int)id == s->eot) return 1;
+    size_t len = 0;
+    const uint8_t *b = strata_tokenizer_token_bytes(s->tok, id, &len);
+    if (b && s->n + len > s->cap) {
+        size_t cap = 2 * (s->n + len);
+        uint8_t *p = realloc(s->buf, cap);
+        if (!p) return s->oom = 1;
+        s->buf = p, s->cap = cap;
+    }
+    if (b) memcpy(s->buf + s->n, b, len), s->n += len;
+    return 0;
+}
+
+/* The lead tokens and the prompt's ids, into ids (malloc'd). */
+static strata_err sample_prompt_ids(strata_tokenizer *tok, const char *prompt, strata_tokens *ids)
+{
+    const uint32_t *lead, *tail;
+    size_t n_lead, n_tail;
+    strata_tokenizer_doc_tokens(tok, &lead, &n_lead, &tail, &n_tail);
+    ids->cap = n_lead + 16;
+    if (!(ids->ids = malloc(ids->cap * sizeof *ids->ids)))
+        return strata_errorf(STRATA_EFAIL, "out of memory");
+    memcpy(ids->ids, lead, n_lead * sizeof *lead);
+    ids->n = n_lead;
+    if (*prompt) STRATA_TRY(strata_tokenizer_encode(tok, prompt, strlen(prompt), 0, NULL, ids));
+    if (!ids->n)
+        return strata_errorf(STRATA_EINPUT, "[log] sample_prompt is empty and the tokenizer "
+                                            "starts documents with no token");
+    return strata_ok();
+}
+
+static strata_err train_sample_with(strata_model *m, strata_tokenizer *tok, const char *prompt,
+                                    uint64_t seed, char **line)
+{
+    const strata_model_shape *s = strata_model_get_shape(m);
+    strata_tokens ids = {0};
+    strata_err e = sample_prompt_ids(tok, prompt, &ids);
+    int n_new = STRATA_TRAIN_SAMPLE_TOKENS;
+    if (!e.code && (long)ids.n > s->block_size)
+        e = strata_errorf(STRATA_EINPUT,
+                          "[log] sample_prompt is %zu tokens, more than block_size %d", ids.n,
+                          s->block_size);
+    if (!e.code && (long)ids.n + n_new - 1 > s->block_size) n_new = s->block_size - (int)ids.n + 1;
+    strata_generator *g = NULL;
+    if (!e.code) e = strata_generator_create(&g, m, (int)ids.n + n_new - 1);
+    size_t plen = strlen(prompt);
+    text_sink sink = {tok, strata_tokenizer_eot(tok), 0, malloc(plen + 1), plen, plen + 1};
+    uint32_t *out = malloc((size_t)n_new * sizeof *out);
+    if (!e.code && (!out || !sink.buf)) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code) {
+        memcpy(sink.buf, prompt, plen);
+        strata_sample_opts o = {STRATA_TRAIN_SAMPLE_TEMPERATURE, 0, STRATA_TRAIN_SAMPLE_TOP_P,
+                                seed};
+        int got;
+        e = strata_generate(g, ids.ids, (int)ids.n, n_new, &o, 0, out, &got, sink_token, &sink);
+    }
+    char *text = !e.code ? malloc(4 * sink.n + 1) : NULL;
+    if (!e.code && (sink.oom || !text)) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code) strata_escape_line(sink.buf, sink.n, text), *line = text, text = NULL;
+    free(text), free(sink.buf), free(out);
+    strata_generator_free(g);
+    strata_tokens_free(&ids);
+    return e;
+}
+
+strata_err strata_train_sample(strata_model *m, const char *prompt, const char *tokenizer,
+                               uint64_t seed, char **line)
+{
+    *line = NULL;
+    strata_tokenizer *tok = NULL;
+    STRATA_TRY(load_sample_tokenizer(tokenizer, strata_model_get_shape(m), &tok));
+    strata_err e = train_sample_with(m, tok, prompt, seed, line);
+    strata_tokenizer_free(tok);
+    return e;
 }

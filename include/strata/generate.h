@@ -117,4 +117,23 @@ size_t strata_utf8_push(strata_utf8_stream *s, const uint8_t *in, size_t n, uint
 /* What is still held (an incomplete character at the end), at most 4. */
 size_t strata_utf8_flush(strata_utf8_stream *s, uint8_t *out);
 
+/* ---- the trainer's sample ([log] sample_every) ---------------------------- */
+#define STRATA_TRAIN_SAMPLE_TOKENS      64
+#define STRATA_TRAIN_SAMPLE_TEMPERATURE 0.8f
+#define STRATA_TRAIN_SAMPLE_TOP_P       0.95f
+
+/* The prompt and its continuation by up to STRATA_TRAIN_SAMPLE_TOKENS tokens
+ * (fewer where the context ends; stopping at the end-of-text token) at the
+ * temperature and top-p above, seed `seed`, stream 0: the text `strata sample
+ * --prompt P --tokens 64 --temperature 0.8 --top-p 0.95 --seed S` writes from
+ * the checkpoint of the same step. tokenizer: "" or "byte", a tokenizer.json,
+ * or a directory holding GPT-2's encoder.json and vocab.bpe. *line receives
+ * the text escaped onto one line (malloc'd; see strata_escape_line). */
+strata_err strata_train_sample(strata_model *m, const char *prompt, const char *tokenizer,
+                               uint64_t seed, char **line);
+/* Writes in[0..n) to out as one line: newline, tab and backslash as \n \t
+ * \\, other control bytes as \xNN, the rest as they are; out holds 4 n + 1
+ * bytes. Returns the length. */
+size_t strata_escape_line(const uint8_t *in, size_t n, char *out);
+
 #endif
