@@ -111,6 +111,9 @@ static const key_spec keys[] = {
     {"log", "metrics", K_PATH, OFF(log.metrics), 0, 0, NULL},
     {"log", "every", K_LONG, OFF(log.every), 1, BIG, NULL},
     {"log", "eval_every", K_LONG, OFF(log.eval_every), 0, BIG, NULL},
+    {"log", "sample_every", K_LONG, OFF(log.sample_every), 0, BIG, NULL},
+    {"log", "sample_prompt", K_STR, OFF(log.sample_prompt), 0, 0, NULL},
+    {"log", "sample_tokenizer", K_PATH, OFF(log.sample_tokenizer), 0, 0, NULL},
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -168,7 +171,7 @@ static int fail(parse_ctx *p, const char *fmt, const char *section, const char *
 static void resolve_path(const parse_ctx *p, const char *value, char *out)
 {
     if (value[0] == '/' || !p->dir[0] || !strcmp(value, "scratch") || !strcmp(value, "auto") ||
-        !strcmp(value, "never"))
+        !strcmp(value, "never") || !strcmp(value, "byte"))
         snprintf(out, STRATA_PATH_MAX, "%s", value);
     else
         snprintf(out, STRATA_PATH_MAX, "%s/%s", p->dir, value);

@@ -9,6 +9,7 @@
 
 #include "strata/attention.h"
 #include "strata/family.h"
+#include "strata/generate.h"
 #include "strata/kernels.h"
 #include "strata/model.h"
 #include "strata/rng.h"
@@ -614,6 +615,11 @@ static void gpt2_embed_backward(strata_model *model, void *state, float *d_tok)
           strata_encoder_backward(d_tok, dwpe, m->d_res, m->inputs, m->fwd_B, m->fwd_T, C));
 }
 
+static strata_err gpt2_decode_reserve(strata_model *model, void **dstate, int n_max, int max_T);
+static const float *gpt2_decode(strata_model *model, void *dstate, struct strata_kv_cache *kv,
+                                const uint32_t *tokens, int n, int pos);
+static void gpt2_decode_free(void *dstate);
+
 const strata_family strata_family_gpt2 = {
     .name = "gpt2",
     .resolve = gpt2_resolve,
@@ -632,4 +638,94 @@ const strata_family strata_family_gpt2 = {
     .block_backward = gpt2_block_backward,
     .embed_backward = gpt2_embed_backward,
     .dropout_mask = gpt2_dropout_mask,
+    .decode_reserve = gpt2_decode_reserve,
+    .decode = gpt2_decode,
+    .decode_free = gpt2_decode_free,
 };
+
+/* ---- decoding with a KV cache (generate.h) ---------------------------------
+ *
+ * The forward above, on the n new rows only: the embedding at positions
+ * pos..pos+n-1, and in each block the new rows' keys and values appended to
+ * the cache before they attend over it. */
+typedef struct gpt2_decode_state {
+    strata_model_shape shape;
+    const float *params;
+    const strata_tensor *tensors;
+    int n_tensors, n_max, max_T;
+    float *x, *ln, *mean, *rstd, *qkv, *atty, *fch, *fch_gelu, *scores; /* (n_max, ...) */
+} gpt2_decode_state;
+
+static void gpt2_decode_free(void *dstate)
+{
+    gpt2_decode_state *d = dstate;
+    if (!d) return;
+    free(d->x);
+    free(d);
+}
+
+static strata_err gpt2_decode_reserve(strata_model *model, void **dstate, int n_max, int max_T)
+{
+    gpt2_decode_free(*dstate);
+    *dstate = NULL;
+    gpt2_decode_state *d = calloc(1, sizeof *d);
+    if (!d) return strata_errorf(STRATA_EFAIL, "out of memory");
+    d->shape = *strata_model_get_shape(model);
+    d->params = strata_model_params(model);
+    d->tensors = strata_model_tensor(model, 0);
+    d->n_tensors = strata_model_n_tensors(model);
+    d->n_max = n_max, d->max_T = max_T;
+    size_t N = (size_t)n_max, C = (size_t)d->shape.n_embd;
+    size_t total = N * C * 3 + 2 * N + N * 3 * C + N * 8 * C + (size_t)max_T;
+    if (!(d->x = malloc(total * sizeof(float)))) {
+        free(d);
+        return strata_errorf(STRATA_EFAIL, "out of memory for decoding (%d tokens)", n_max);
+    }
+    float *p = d->x;
+#define TAKE(k) (p += (k), p - (k))
+    d->x = TAKE(N * C), d->ln = TAKE(N * C), d->atty = TAKE(N * C);
+    d->mean = TAKE(N), d->rstd = TAKE(N);
+    d->qkv = TAKE(N * 3 * C);
+    d->fch = TAKE(N * 4 * C), d->fch_gelu = TAKE(N * 4 * C);
+    d->scores = TAKE((size_t)max_T);
+#undef TAKE
+    *dstate = d;
+    return strata_ok();
+}
+
+static const float *dparam(const gpt2_decode_state *d, int l, int which)
+{
+    return d->params + d->tensors[2 + l * BLOCK_TENSORS + which].offset;
+}
+
+static const float *gpt2_decode(strata_model *model, void *dstate, struct strata_kv_cache *kv,
+                                const uint32_t *tokens, int n, int pos)
+{
+    gpt2_decode_state *d = dstate;
+    int C = d->shape.n_embd, NH = d->shape.n_head, hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    const float *wte = d->params + d->tensors[0].offset, *wpe = d->params + d->tensors[1].offset;
+    strata_encoder_forward(d->x, tokens, wte, wpe + (size_t)pos * C, 1, n, C);
+    for (int l = 0; l < d->shape.n_layer; l++) {
+        strata_layernorm_forward(d->ln, d->mean, d->rstd, d->x, dparam(d, l, LN1_W),
+                                 dparam(d, l, LN1_B), n, C);
+        strata_matmul_forward(d->qkv, d->ln, dparam(d, l, QKV_W), dparam(d, l, QKV_B), n, C, 3 * C,
+                              0.0f);
+        strata_kv_store(kv, l, d->qkv, 3 * C, n, pos);
+        strata_kv_attention(d->atty, d->qkv, 3 * C, kv, l, n, pos, NH, NH, hs, 0, scale,
+                            d->scores);
+        strata_matmul_forward(d->x, d->atty, dparam(d, l, PROJ_W), dparam(d, l, PROJ_B), n, C, C,
+                              1.0f);
+        strata_layernorm_forward(d->ln, d->mean, d->rstd, d->x, dparam(d, l, LN2_W),
+                                 dparam(d, l, LN2_B), n, C);
+        strata_matmul_forward(d->fch, d->ln, dparam(d, l, FC_W), dparam(d, l, FC_B), n, C, 4 * C,
+                              0.0f);
+        strata_gelu_forward(d->fch_gelu, d->fch, n * 4 * C);
+        strata_matmul_forward(d->x, d->fch_gelu, dparam(d, l, FCPROJ_W), dparam(d, l, FCPROJ_B), n,
+                              4 * C, C, 1.0f);
+    }
+    strata_layernorm_forward(d->ln, d->mean, d->rstd, d->x,
+                             d->params + d->tensors[d->n_tensors - 2].offset,
+                             d->params + d->tensors[d->n_tensors - 1].offset, n, C);
+    return d->ln;
+}

@@ -26,6 +26,7 @@
 
 #include "strata/attention.h"
 #include "strata/family.h"
+#include "strata/generate.h"
 #include "strata/kernels.h"
 #include "strata/llama_kernels.h"
 #include "strata/model.h"
@@ -496,6 +497,11 @@ static void llama_embed_backward(strata_model *model, void *state, float *d_tok)
           strata_encoder_backward(d_tok, NULL, m->d_res, m->inputs, m->B, m->T, m->s.n_embd));
 }
 
+static strata_err llama_decode_reserve(strata_model *model, void **dstate, int n_max, int max_T);
+static const float *llama_decode(strata_model *model, void *dstate, struct strata_kv_cache *kv,
+                                 const uint32_t *tokens, int n, int pos);
+static void llama_decode_free(void *dstate);
+
 const strata_family strata_family_llama = {
     .name = "llama",
     .resolve = llama_resolve,
@@ -513,4 +519,107 @@ const strata_family strata_family_llama = {
     .final_norm_backward = llama_final_norm_backward,
     .block_backward = llama_block_backward,
     .embed_backward = llama_embed_backward,
+    .decode_reserve = llama_decode_reserve,
+    .decode = llama_decode,
+    .decode_free = llama_decode_free,
 };
+
+/* ---- decoding with a KV cache (generate.h) ---------------------------------
+ *
+ * The block forward above on the n new rows only, with RoPE at positions
+ * pos..pos+n-1 (rows of tables made once for max_T) and the new keys and
+ * values appended to the cache before the rows attend over it. The offsets
+ * and inv_freq come from new_state, without its training arena. */
+typedef struct llama_decode_state {
+    llama *base;
+    int n_max, max_T;
+    float *cos_t, *sin_t;                                   /* (max_T, hs/2) */
+    float *x, *xn, *r, *qkv, *raw, *atty, *gu, *h, *scores; /* (n_max, ...) */
+} llama_decode_state;
+
+static void llama_decode_free(void *dstate)
+{
+    llama_decode_state *d = dstate;
+    if (!d) return;
+    llama_free_state(d->base);
+    free(d->cos_t);
+    free(d->x);
+    free(d);
+}
+
+static strata_err llama_decode_reserve(strata_model *model, void **dstate, int n_max, int max_T)
+{
+    llama_decode_free(*dstate);
+    *dstate = NULL;
+    llama_decode_state *d = calloc(1, sizeof *d);
+    if (!d) return strata_errorf(STRATA_EFAIL, "out of memory");
+    strata_err e = new_state(model, &d->base);
+    if (e.code) {
+        free(d);
+        return e;
+    }
+    const strata_model_shape *s = &d->base->s;
+    size_t N = (size_t)n_max, C = s->n_embd, hs = s->head_dim, QKV = d->base->QKV,
+           I = s->ffn_dim, A = (size_t)s->n_head * hs;
+    size_t total = 2 * N * C + N * (s->n_head + s->n_kv_head) + 2 * N * QKV + N * A +
+                   3 * N * I + (size_t)max_T;
+    d->n_max = n_max, d->max_T = max_T;
+    d->cos_t = malloc((size_t)max_T * hs * sizeof(float)); /* cos then sin */
+    d->x = malloc(total * sizeof(float));
+    if (!d->cos_t || !d->x) {
+        llama_decode_free(d);
+        return strata_errorf(STRATA_EFAIL, "out of memory for decoding (%d tokens)", n_max);
+    }
+    d->sin_t = d->cos_t + (size_t)max_T * hs / 2;
+    strata_rope_tables(d->cos_t, d->sin_t, d->base->inv_freq, max_T, (int)hs);
+    float *p = d->x;
+#define TAKE(k) (p += (k), p - (k))
+    d->x = TAKE(N * C), d->xn = TAKE(N * C);
+    d->r = TAKE(N * (s->n_head + s->n_kv_head));
+    d->qkv = TAKE(N * QKV), d->raw = TAKE(N * QKV);
+    d->atty = TAKE(N * A);
+    d->gu = TAKE(N * 2 * I), d->h = TAKE(N * I);
+    d->scores = TAKE((size_t)max_T);
+#undef TAKE
+    *dstate = d;
+    return strata_ok();
+}
+
+static void decode_qk_norm(llama *m, int l, float *qkv, float *raw, float *r, int n)
+{
+    int hs = m->s.head_dim, NH = m->s.n_head, NKV = m->s.n_kv_head;
+    memcpy(raw, qkv, (size_t)n * m->QKV * sizeof(float));
+    strata_rmsnorm_forward_strided(qkv, r, raw, P(m, l, Q_NORM), n, NH, m->QKV, 0, NH + NKV, hs,
+                                   m->s.norm_eps);
+    strata_rmsnorm_forward_strided(qkv, r + NH, raw, P(m, l, K_NORM), n, NKV, m->QKV, NH * hs,
+                                   NH + NKV, hs, m->s.norm_eps);
+}
+
+static const float *llama_decode(strata_model *model, void *dstate, struct strata_kv_cache *kv,
+                                 const uint32_t *tokens, int n, int pos)
+{
+    llama_decode_state *d = dstate;
+    llama *m = d->base;
+    const strata_model_shape *s = &m->s;
+    int C = s->n_embd, I = s->ffn_dim, NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim;
+    size_t half = (size_t)hs / 2;
+    strata_encoder_forward(d->x, tokens, m->params + m->embed, NULL, 1, n, C);
+    for (int l = 0; l < s->n_layer; l++) {
+        strata_rmsnorm_forward(d->xn, d->r, d->x, P(m, l, IN_NORM), n, C, s->norm_eps);
+        strata_matmul_forward(d->qkv, d->xn, P(m, l, Q_W), s->qkv_bias ? P(m, l, Q_B) : NULL, n, C,
+                              m->QKV, 0.0f);
+        if (s->qk_norm) decode_qk_norm(m, l, d->qkv, d->raw, d->r, n);
+        strata_rope_forward(d->qkv, d->cos_t + pos * half, d->sin_t + pos * half, 1, n, NH, NKV,
+                            hs);
+        strata_kv_store(kv, l, d->qkv, m->QKV, n, pos);
+        strata_kv_attention(d->atty, d->qkv, m->QKV, kv, l, n, pos, NH, NKV, hs,
+                            s->sliding_window, m->scale, d->scores);
+        strata_matmul_forward(d->x, d->atty, P(m, l, O_W), NULL, n, NH * hs, C, 1.0f);
+        strata_rmsnorm_forward(d->xn, d->r, d->x, P(m, l, POST_NORM), n, C, s->norm_eps);
+        strata_matmul_forward(d->gu, d->xn, P(m, l, GATE_W), NULL, n, C, 2 * I, 0.0f);
+        strata_swiglu_forward(d->h, d->gu, n, I);
+        strata_matmul_forward(d->x, d->h, P(m, l, DOWN_W), NULL, n, I, C, 1.0f);
+    }
+    strata_rmsnorm_forward(d->xn, d->r, d->x, m->params + m->final_norm, n, C, s->norm_eps);
+    return d->xn;
+}

@@ -17,6 +17,7 @@ static const struct {
     {"import", strata_cli_import, "convert llm.c or safetensors GPT-2 weights to a checkpoint"},
     {"export", strata_cli_export, "convert a checkpoint to llm.c or safetensors"},
     {"fisher", strata_cli_fisher, "estimate the diagonal Fisher on replay data (EWC)"},
+    {"sample", strata_cli_sample, "generate text from a checkpoint (KV cache, streamed)"},
     {"report", strata_cli_report, "plots and a summary table from metrics files"},
     {"bench", strata_cli_bench, "tokens/s and MFU against the measured sgemm peak"},
 };

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "strata/ckpt.h"
+#include "strata/generate.h"
 #include "strata/loader.h"
 #include "strata/machine.h"
 #include "strata/metrics.h"
@@ -895,12 +896,27 @@ static int next_batch(trainer *t, long step, strata_batch **batch, double *data_
     }
 }
 
+/* [log] sample_every: a short sample (generate.h). Every rank computes it,
+ * so that a bad prompt or tokenizer fails them all alike; rank 0 prints. */
+static strata_err maybe_sample(trainer *t, long step)
+{
+    const strata_config *c = t->cfg;
+    if (c->log.sample_every <= 0 || step % c->log.sample_every) return strata_ok();
+    char *line = NULL;
+    STRATA_TRY(strata_train_sample(t->model, c->log.sample_prompt, c->log.sample_tokenizer,
+                                   c->data.seed, &line));
+    say(t, "sample step %ld: %s\n", step, line);
+    free(line);
+    return strata_ok();
+}
+
 /* The loop proper; returns STRATA_ESTOPPED after a stop and its checkpoint. */
 static strata_err run_loop(trainer *t)
 {
     const strata_config *c = t->cfg;
     long step = t->st.step;
     if (step == 0 && c->n_evals > 0 && evaluate_all(t, 0)) return strata_ok();
+    STRATA_TRY(maybe_sample(t, step));
     while (step < c->train.steps) {
         strata_batch *batch = NULL;
         double data_ms = 0;
@@ -941,6 +957,7 @@ static strata_err run_loop(trainer *t)
         if (c->log.eval_every > 0 && step % c->log.eval_every == 0 && step < c->train.steps &&
             c->n_evals > 0 && evaluate_all(t, step))
             return strata_errorf(STRATA_ESTOPPED, "stopped");
+        STRATA_TRY(maybe_sample(t, step));
         if (agreed && step < c->train.steps) STRATA_TRY(save_checkpoint(t));
     }
     t->train_peak_rss = strata_comm_max_double(t->comm, strata_peak_rss_bytes());

@@ -88,6 +88,9 @@ typedef struct strata_config {
     struct {
         char metrics[STRATA_PATH_MAX];
         long every, eval_every;
+        long sample_every;                     /* 0: no samples during training */
+        char sample_prompt[STRATA_PATH_MAX];   /* text, "" = the document's lead tokens only */
+        char sample_tokenizer[STRATA_PATH_MAX]; /* "byte" (default), tokenizer.json or GPT-2 dir */
     } log;
     strata_eval_config evals[STRATA_MAX_EVALS];
     int n_evals;

@@ -32,6 +32,8 @@
 #include "strata/err.h"
 #include "strata/model.h"
 
+struct strata_kv_cache;
+
 typedef struct strata_family {
     const char *name; /* "gpt2", "llama" */
     /* Fills the zero fields with the family's defaults and checks the rest;
@@ -73,6 +75,17 @@ typedef struct strata_family {
     /* Optional: dropout's masks (GPT-2); NULL where the family has none. */
     size_t (*dropout_mask)(const strata_model *m, const void *state, int layer, int site,
                            float *out);
+
+    /* Optional: decoding with a KV cache (generate.h). decode_reserve makes
+     * the decode state (*dstate NULL the first time) for up to n_max new
+     * tokens a call and positions < max_T. decode runs tokens[0..n) at
+     * positions pos..pos+n-1: stores each layer's keys (after QK-norm and
+     * RoPE) and values in kv, attends over positions <= its own and returns
+     * the final norm's output (n, C), owned by the state. NULL: no decode. */
+    strata_err (*decode_reserve)(strata_model *m, void **dstate, int n_max, int max_T);
+    const float *(*decode)(strata_model *m, void *dstate, struct strata_kv_cache *kv,
+                           const uint32_t *tokens, int n, int pos);
+    void (*decode_free)(void *dstate);
 } strata_family;
 
 extern const strata_family strata_family_gpt2;
