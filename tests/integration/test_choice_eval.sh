@@ -10,50 +10,14 @@
 # tokenizer or an unknown kind is one line and exit 2.
 . "$(dirname "$0")/lib.sh"
 
-english_files 1500000 > english.list
-"$STRATA" pack --tokenizer byte --out english $(cat english.list) >/dev/null
+"$STRATA" pack --tokenizer byte --out english $(english_files 1500000) >/dev/null
 "$STRATA" pack --tokenizer byte --out code $(code_files 1500000) >/dev/null
 
-# 96 items from A: context 48 bytes of prose, the true continuation and two
-# distractors from C code, the right answer's index
-# varying. Plain format; the first 32 in HellaSwag's format.
-"$PYTHON" - <<'PY'
-import json, random
-rng = random.Random(7)
-def text(paths):
-    out = []
-    for p in paths:
-        with open(p, "rb") as f:
-            out.append(f.read().decode("utf-8", "replace"))
-    return "\n".join(out)
-eng = text(l.strip() for l in open("english.list"))
-import glob
-code = text(sorted(glob.glob("/usr/include/*.h"))[:40])
-def clean(s):
-    return " ".join(s.split())
-eng, code = clean(eng), clean(code)
-with open("hs.jsonl", "w") as f:
-    for i in range(96):
-        while True:
-            at = rng.randrange(0, len(eng) - 200)
-            ctx, true = eng[at:at + 48], eng[at + 48:at + 72]
-            if ctx.isascii() and true.isascii() and " " not in (ctx[-1], true[0], true[-1]):
-                break
-        conts = [true]
-        while len(conts) < 3:
-            c0 = rng.randrange(0, len(code) - 30)
-            if " " not in (code[c0], code[c0 + 23]):
-                conts.append(code[c0:c0 + 24])
-        order = list(range(3))
-        rng.shuffle(order)
-        conts = [conts[j] for j in order]
-        ans = order.index(0)
-        if i < 32:  # HellaSwag: context "ctx", each continuation " " + ending
-            f.write(json.dumps({"ctx": ctx, "endings": [c.strip() for c in conts],
-                                "label": str(ans)}) + "\n")
-        else:
-            f.write(json.dumps({"context": ctx, "choices": conts, "answer": ans}) + "\n")
-PY
+# 96 items from A (tests/make_choice_cloze.py): 48 bytes of prose as the
+# context, the true next 24 bytes and two 24-byte stretches of C code; the
+# first 32 in HellaSwag's format, the rest plain.
+"$PYTHON" "$STRATA_SOURCE_DIR/tests/make_choice_cloze.py" --text english.h5 --distractors code.h5 \
+  --items 96 --hellaswag 32 --out hs.jsonl
 
 cat > base.ini <<'EOF2'
 [model]
