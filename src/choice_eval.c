@@ -65,8 +65,8 @@ static row_ref *rank_rows(const strata_choice_set *set, int rank, int world, siz
 }
 
 /* Scores rows[0 .. k) in one forward, writing their ll. */
-static void score_batch(strata_model *m, const strata_choice_set *set, const row_ref *rows, int k,
-                        uint32_t *inputs, strata_comm *comm, double *ll)
+static strata_err score_batch(strata_model *m, const strata_choice_set *set, const row_ref *rows,
+                              int k, uint32_t *inputs, double *ll)
 {
     const strata_model_shape *sh = strata_model_get_shape(m);
     int T = rows[0].len - 1;
@@ -76,13 +76,15 @@ static void score_batch(strata_model *m, const strata_choice_set *set, const row
                (size_t)(rows[j].len - 1) * sizeof(uint32_t));
     strata_model_set_dropout(m, 0.0f, 0, 0, NULL);
     if (isnan(strata_model_forward(m, inputs, NULL, k, T, NULL)))
-        strata_comm_abort(comm, 1, "out of memory scoring a choice set");
+        return strata_errorf(STRATA_EFAIL, "%s: out of memory scoring %d rows of %d tokens",
+                             set->path, k, T);
     const float *logits = strata_model_logits(m);
     for (int j = 0; j < k; j++) {
         const strata_choice_cand *c = &set->cands[rows[j].cand];
         ll[rows[j].cand] = row_ll(logits + (size_t)j * T * sh->padded_vocab, sh->vocab_size,
                                   sh->padded_vocab, set->tokens + c->off, c->len, c->n_cont);
     }
+    return strata_ok();
 }
 
 /* acc and acc_norm from every candidate's ll. */
@@ -111,33 +113,38 @@ strata_err strata_choice_evaluate(strata_model *m, const strata_choice_set *set,
     out->n_items = set->n_items, out->n_cands = set->n_cands;
     int Vp = strata_model_get_shape(m)->padded_vocab;
     size_t n_rows;
-    row_ref *rows = rank_rows(set, strata_comm_rank(comm), strata_comm_size(comm), &n_rows);
+    row_ref *rows = rank_rows(set, comm ? strata_comm_rank(comm) : 0,
+                              comm ? strata_comm_size(comm) : 1, &n_rows);
     out->ll = calloc(set->n_cands ? set->n_cands : 1, sizeof *out->ll);
     int T_max = n_rows ? rows[0].len - 1 : 1;
     uint32_t *inputs = malloc((size_t)(micro_batch > 0 ? micro_batch : 1) * T_max * sizeof *inputs);
+    strata_err e = strata_ok();
     if (!rows || !out->ll || !inputs || set->n_cands > INT32_MAX)
-        strata_comm_abort(comm, 1, "out of memory scoring a choice set");
+        e = strata_errorf(STRATA_EFAIL, "%s: out of memory scoring the set", set->path);
     long n_batches = 0;
     for (size_t i = 0; i < n_rows; n_batches++)
         i += batch_rows(rows + i, n_rows - i, micro_batch, Vp);
     /* Every rank runs the same number of rounds, so the stop agreement stays a collective. */
-    long rounds = (long)strata_comm_max_double(comm, (double)n_batches);
+    long rounds = comm ? (long)strata_comm_max_double(comm, (double)n_batches) : n_batches;
     int stopped = 0;
     size_t i = 0;
     for (long b = 0; b < rounds && !stopped; b++) {
-        stopped = strata_comm_agree(comm, strata_stop_requested() ? STRATA_AGREE_STOP : 0);
-        if (stopped || i >= n_rows) continue;
+        int stop = strata_stop_requested() ? STRATA_AGREE_STOP : 0;
+        stopped = comm ? strata_comm_agree(comm, stop) : stop;
+        if (stopped || i >= n_rows || e.code) continue;
         int k = batch_rows(rows + i, n_rows - i, micro_batch, Vp);
-        score_batch(m, set, rows + i, k, inputs, comm, out->ll);
+        e = score_batch(m, set, rows + i, k, inputs, out->ll);
         i += (size_t)k;
     }
     free(rows);
     free(inputs);
-    if (stopped) {
+    /* A failure one rank saw (out of memory) ends the job, never leaving the others waiting. */
+    if (e.code && comm) strata_comm_abort(comm, e.code, e.msg);
+    if (stopped || e.code) {
         strata_choice_result_free(out);
-        return strata_errorf(STRATA_ESTOPPED, "stopped");
+        return e.code ? e : strata_errorf(STRATA_ESTOPPED, "stopped");
     }
-    strata_comm_sum_doubles(comm, out->ll, (int)set->n_cands); /* each ll has one owner */
+    if (comm) strata_comm_sum_doubles(comm, out->ll, (int)set->n_cands); /* each ll has one owner */
     accuracies(set, out);
     return strata_ok();
 }

@@ -3,8 +3,8 @@
 kind = choice section) from byte-level token shards, for models trained on
 bytes such as the demo's:
 
-    /usr/bin/python3 tests/make_choice_cloze.py --text data/english/train.val.h5 \\
-        --distractors data/code/train.val.h5 --items 200 --out english_cloze.jsonl
+    /usr/bin/python3 tests/make_choice_cloze.py --text data/english/train.h5 \\
+        --distractors data/code/train.h5 --items 300 --out english_cloze.jsonl
 
 Each item is a 48-byte stretch of --text (whitespace runs made single spaces),
 its true next 24 bytes and two 24-byte stretches of --distractors, in an order

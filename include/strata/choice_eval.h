@@ -37,7 +37,8 @@ typedef struct strata_choice_result {
 /* Scores set on every rank (a collective: every rank calls it). Between
  * batches the ranks agree on stop requests (stop.h): STRATA_ESTOPPED when
  * one arrived. A failing forward (out of memory) ends the job through
- * strata_comm_abort. */
+ * strata_comm_abort. comm NULL: this process alone, no MPI (a failure is
+ * returned). */
 strata_err strata_choice_evaluate(strata_model *m, const strata_choice_set *set, strata_comm *comm,
                                   int micro_batch, strata_choice_result *out);
 void strata_choice_result_free(strata_choice_result *r);
