@@ -269,7 +269,27 @@ static int set_eval_key(parse_ctx *p, const char *section, const char *name, con
         e->max_samples = (long)d;
         return 1;
     }
-    return fail(p, "unknown key%s (eval sets take path and max_samples)", section, name, "");
+    if (!strcmp(name, "kind")) {
+        if (strcmp(value, "loss") && strcmp(value, "choice"))
+            return fail(p, "unknown kind '%s' (expected loss or choice)", section, name, value);
+        e->kind = !strcmp(value, "choice") ? STRATA_EVAL_CHOICE : STRATA_EVAL_LOSS;
+        return 1;
+    }
+    char *tok_field = !strcmp(name, "tokenizer") ? e->tokenizer
+                      : !strcmp(name, "vocab")   ? e->vocab
+                      : !strcmp(name, "merges")  ? e->merges
+                                                 : NULL;
+    if (tok_field && *value) {
+        if (tok_field == e->tokenizer && (!strcmp(value, "byte") || !strcmp(value, "gpt2")))
+            snprintf(tok_field, STRATA_PATH_MAX, "%s", value);
+        else
+            resolve_path(p, value, tok_field);
+        return 1;
+    }
+    return fail(p,
+                "unknown key%s (eval sets take path, max_samples, kind and, for kind = choice, "
+                "tokenizer, vocab, merges)",
+                section, name, "");
 }
 
 static int set_key_value(parse_ctx *p, const key_spec *k, const char *section, const char *name,
@@ -474,6 +494,18 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
         if (!cfg->evals[i].path[0])
             return strata_errorf(STRATA_EINPUT, "%s: [eval.%s] needs a path", path,
                                  cfg->evals[i].name);
+    for (int i = 0; i < cfg->n_evals; i++) {
+        const strata_eval_config *e = &cfg->evals[i];
+        if (e->kind == STRATA_EVAL_CHOICE && !e->tokenizer[0])
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [eval.%s] kind = choice needs tokenizer = byte, gpt2 or the "
+                                 "path of the model's tokenizer.json",
+                                 path, e->name);
+        if (e->kind != STRATA_EVAL_CHOICE && (e->tokenizer[0] || e->vocab[0] || e->merges[0]))
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [eval.%s] tokenizer, vocab and merges are for kind = choice",
+                                 path, e->name);
+    }
     return strata_ok();
 }
 
@@ -553,9 +585,15 @@ char *strata_config_text(const strata_config *c)
             break;
         }
     }
-    for (int i = 0; i < c->n_evals; i++)
+    for (int i = 0; i < c->n_evals; i++) {
         append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\n", c->evals[i].name,
                c->evals[i].path, c->evals[i].max_samples);
+        const strata_eval_config *e = &c->evals[i];
+        if (e->kind != STRATA_EVAL_CHOICE) continue;
+        append(&buf, &len, &cap, "kind = choice\ntokenizer = %s\n", e->tokenizer);
+        if (e->vocab[0]) append(&buf, &len, &cap, "vocab = %s\n", e->vocab);
+        if (e->merges[0]) append(&buf, &len, &cap, "merges = %s\n", e->merges);
+    }
     return buf;
 }
 

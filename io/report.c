@@ -76,6 +76,8 @@ void strata_report_free(strata_report_run *run)
     for (size_t i = 0; i < run->n_eval; i++) {
         free(run->eval[i].name);
         series_free(&run->eval[i].loss);
+        series_free(&run->eval[i].acc);
+        series_free(&run->eval[i].acc_norm);
     }
     free(run->eval);
     memset(run, 0, sizeof *run);
@@ -123,6 +125,29 @@ static strata_err oom(const char *path)
     return strata_errorf(STRATA_EFAIL, "%s: out of memory reading metrics", path);
 }
 
+/* A multiple-choice set's evaluation: "acc" and, if present, "acc_norm". */
+static strata_err add_choice_record(strata_report_run *run, const json_t *obj, const char *path,
+                                    long line, long step)
+{
+    static const char *const keys[2] = {"acc", "acc_norm"};
+    double v[2] = {NAN, NAN};
+    for (int k = 0; k < 2; k++) {
+        const json_t *j = json_object_get(obj, keys[k]);
+        if (!j || json_is_null(j)) continue;
+        if (!json_is_number(j))
+            return strata_errorf(STRATA_EINPUT, "%s:%ld: \"%s\" is %s, expected a number", path,
+                                 line, keys[k], json_kind(j));
+        v[k] = json_number_value(j);
+    }
+    strata_report_eval *ev = eval_set(run, json_string_value(json_object_get(obj, "eval")));
+    if (!ev) return oom(path);
+    series_cut(&ev->acc, step);
+    series_cut(&ev->acc_norm, step);
+    if (series_push(&ev->acc, step, v[0])) return oom(path);
+    if (!isnan(v[1]) && series_push(&ev->acc_norm, step, v[1])) return oom(path);
+    return strata_ok();
+}
+
 /* One parsed line: adds its values to run. *last_train is the step of the
  * latest training record so far (LONG_MIN before the first). */
 static strata_err add_record(strata_report_run *run, const json_t *obj, const char *path, long line,
@@ -144,6 +169,8 @@ static strata_err add_record(strata_report_run *run, const json_t *obj, const ch
         if (!json_is_string(jeval))
             return strata_errorf(STRATA_EINPUT, "%s:%ld: \"eval\" is %s, expected a string", path,
                                  line, json_kind(jeval));
+        const json_t *jacc = json_object_get(obj, "acc");
+        if (jacc && !json_is_null(jacc)) return add_choice_record(run, obj, path, line, step);
         const json_t *jloss = json_object_get(obj, "loss");
         if (!jloss || json_is_null(jloss)) return strata_ok();
         if (!json_is_number(jloss))
@@ -218,7 +245,7 @@ static int run_is_empty(const strata_report_run *run)
     for (int f = 0; f < STRATA_REPORT_N_FIELDS; f++)
         if (run->field[f].n) return 0;
     for (size_t i = 0; i < run->n_eval; i++)
-        if (run->eval[i].loss.n) return 0;
+        if (run->eval[i].loss.n || run->eval[i].acc.n) return 0;
     return 1;
 }
 
@@ -362,6 +389,9 @@ strata_report_summary strata_report_summarize(const strata_report_run *run)
     for (size_t i = 0; i < run->n_eval; i++)
         if (run->eval[i].loss.n && series_last_step(&run->eval[i].loss) > s.final_step)
             s.final_step = series_last_step(&run->eval[i].loss);
+    for (size_t i = 0; i < run->n_eval; i++)
+        if (run->eval[i].acc.n && series_last_step(&run->eval[i].acc) > s.final_step)
+            s.final_step = series_last_step(&run->eval[i].acc);
     const strata_report_series *tok = &run->field[STRATA_REPORT_TOKENS];
     s.tokens = tok->n ? (long)llround(series_last(tok)) : -1;
     s.final_loss = series_last(&run->field[STRATA_REPORT_LOSS]);
@@ -414,6 +444,36 @@ static void md_step(FILE *f, long v)
         fprintf(f, "%ld", v);
 }
 
+/* Multiple-choice sets: baseline (first) and last accuracy; forgetting is
+ * the drop, baseline - last. Nothing when no run has one. */
+static void md_choice_table(FILE *f, const strata_report_run *runs, size_t n_runs)
+{
+    int any = 0;
+    for (size_t r = 0; r < n_runs; r++)
+        for (size_t i = 0; i < runs[r].n_eval; i++) {
+            const strata_report_series *a = &runs[r].eval[i].acc, *an = &runs[r].eval[i].acc_norm;
+            if (!a->n) continue;
+            if (!any++)
+                fputs("\nMultiple-choice sets: accuracy at the baseline (the first evaluation) "
+                      "and the last; forgetting = baseline acc - last acc.\n\n"
+                      "| run | choice set | baseline step | baseline acc | last step | last acc "
+                      "| last acc_norm | forgetting |\n"
+                      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                      f);
+            fputs("| ", f);
+            md_text(f, runs[r].label ? runs[r].label : runs[r].path);
+            fputs(" | ", f);
+            md_text(f, runs[r].eval[i].name);
+            md_step(f, a->step[0]);
+            md_num(f, "%.4f", a->val[0]);
+            md_step(f, series_last_step(a));
+            md_num(f, "%.4f", series_last(a));
+            md_num(f, "%.4f", series_last(an));
+            md_num(f, "%+.4f", a->val[0] - series_last(a));
+            fputs(" |\n", f);
+        }
+}
+
 strata_err strata_report_markdown(const strata_report_run *runs, size_t n_runs, char **md)
 {
     char *buf = NULL;
@@ -444,7 +504,7 @@ strata_err strata_report_markdown(const strata_report_run *runs, size_t n_runs, 
         md_num(f, "%.4f", s.forgetting);
         md_num(f, "%.4f", s.learning);
         fputs(" |\n", f);
-        n_rows += runs[r].n_eval;
+        for (size_t i = 0; i < runs[r].n_eval; i++) n_rows += runs[r].eval[i].loss.n > 0;
     }
 
     fputs("\n", f);
@@ -458,6 +518,7 @@ strata_err strata_report_markdown(const strata_report_run *runs, size_t n_runs, 
         fputs("| --- | --- | ---: | ---: | ---: | ---: | ---: |\n", f);
         for (size_t r = 0; r < n_runs; r++)
             for (size_t i = 0; i < runs[r].n_eval; i++) {
+                if (!runs[r].eval[i].loss.n) continue; /* a choice set: its own table */
                 strata_report_eval_summary s = strata_report_summarize_eval(&runs[r].eval[i]);
                 fputs("| ", f);
                 md_text(f, runs[r].label ? runs[r].label : runs[r].path);
@@ -473,6 +534,7 @@ strata_err strata_report_markdown(const strata_report_run *runs, size_t n_runs, 
     } else {
         fputs("No evaluation records.\n", f);
     }
+    md_choice_table(f, runs, n_runs);
     if (fclose(f)) {
         free(buf);
         return oom("report");
@@ -645,6 +707,10 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
             while (strcmp(names[k], runs[r].eval[i].name)) k++;
             snprintf(block, sizeof block, "r%zu_eval%zu", r, k);
             gp_block(f, block, &runs[r].eval[i].loss);
+            snprintf(block, sizeof block, "r%zu_acc%zu", r, k);
+            gp_block(f, block, &runs[r].eval[i].acc);
+            snprintf(block, sizeof block, "r%zu_accn%zu", r, k);
+            gp_block(f, block, &runs[r].eval[i].acc_norm);
         }
     }
     fputs("\n", f);
@@ -682,6 +748,21 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
             curve_title(title, sizeof title, &runs[r], n_runs, NULL);
             if (n_runs == 1) snprintf(title, sizeof title, "%s", names[k]);
             gp_curve(f, &first, block, &ev->loss, (int)r + 1, 1, 1, title);
+        }
+        for (size_t r = 0; r < n_runs; r++) { /* a choice set: acc solid, acc_norm dashed */
+            const strata_report_eval *ev = strata_report_find_eval(&runs[r], names[k]);
+            if (!ev || ev->loss.n || !ev->acc.n) continue;
+            if (first) {
+                snprintf(title, sizeof title, "multiple-choice accuracy: %s", names[k]);
+                gp_begin(f, files[k], title, "accuracy");
+            }
+            for (int j = 0; j < 2; j++) {
+                const strata_report_series *s = j ? &ev->acc_norm : &ev->acc;
+                if (!s->n) continue;
+                snprintf(block, sizeof block, "r%zu_%s%zu", r, j ? "accn" : "acc", k);
+                curve_title(title, sizeof title, &runs[r], n_runs, j ? "acc_norm" : "acc");
+                gp_curve(f, &first, block, s, (int)r + 1, j + 1, 1, title);
+            }
         }
         if (!first) {
             gp_render(f, files[k]);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "strata/choice_eval.h"
 #include "strata/ckpt.h"
 #include "strata/generate.h"
 #include "strata/loader.h"
@@ -26,7 +27,8 @@
 
 typedef struct eval_state {
     strata_evalset *set;
-    double baseline; /* loss of the init model, NAN until measured */
+    strata_choice_set *choice; /* kind = choice: set is NULL */
+    double baseline; /* loss (choice: acc) of the init model, NAN until measured */
 } eval_state;
 
 typedef struct trainer {
@@ -97,6 +99,15 @@ static strata_err make_dirs(const char *dir)
     if (mkdir(p, 0777) && errno != EEXIST)
         return strata_errorf(STRATA_EINPUT, "%s: cannot create directory: %s", p, strerror(errno));
     return strata_ok();
+}
+
+/* A kind = choice eval set, tokenized with the tokenizer the model recorded. */
+static strata_err open_choice(trainer *t, int i)
+{
+    const strata_model_shape *sh = strata_model_get_shape(t->model);
+    const char *hash = json_string_value(json_object_get(t->origin, "tokenizer_hash"));
+    return strata_choice_open(&t->evals[i].choice, &t->cfg->evals[i], sh->vocab_size,
+                              sh->block_size, hash, t->cfg->path);
 }
 
 /* ---- model, optimizer groups ----------------------------------------- */
@@ -261,10 +272,14 @@ static strata_err init_data(trainer *t)
             c->path, c->train.global_batch, t->world);
     STRATA_TRY(strata_loader_open(&t->loader, &lc));
     for (int i = 0; i < c->n_evals; i++) {
+        t->evals[i].baseline = NAN;
+        if (c->evals[i].kind == STRATA_EVAL_CHOICE) {
+            STRATA_TRY(open_choice(t, i));
+            continue;
+        }
         STRATA_TRY(strata_evalset_open(&t->evals[i].set, c->evals[i].path, c->data.seq_len,
                                        strata_model_get_shape(t->model)->vocab_size,
                                        c->evals[i].max_samples));
-        t->evals[i].baseline = NAN;
     }
     int mb = c->train.micro_batch, T = t->T;
     t->inputs = malloc((size_t)mb * T * sizeof(uint32_t));
@@ -323,12 +338,35 @@ static double evaluate_set(trainer *t, strata_evalset *set, int *stopped)
     return sums[1] > 0 ? sums[0] / sums[1] : NAN;
 }
 
+/* A choice set's accuracies, printed and logged; 1 when a stop arrived. */
+static int evaluate_choice(trainer *t, int i, long step)
+{
+    strata_choice_result r;
+    strata_err e = strata_choice_evaluate(t->model, t->evals[i].choice, t->comm,
+                                          t->cfg->train.micro_batch, &r);
+    if (e.code) return 1;
+    eval_state *ev = &t->evals[i];
+    if (isnan(ev->baseline)) ev->baseline = r.acc;
+    char line[512], json[1024];
+    strata_choice_format(&r, t->cfg->evals[i].name, step, ev->baseline, line, sizeof line, json,
+                         sizeof json);
+    strata_choice_result_free(&r);
+    say(t, "%s", line);
+    if (t->metrics && (e = strata_metrics_write(t->metrics, "%s", json)).code)
+        strata_comm_abort(t->comm, 1, e.msg);
+    return 0;
+}
+
 static int evaluate_all(trainer *t, long step)
 {
     char b1[32], b2[32], b3[32];
     for (int i = 0; i < t->cfg->n_evals; i++) {
         int stopped = 0;
         strata_watchdog_phase(t->watchdog, step, "evaluation");
+        if (t->evals[i].choice) {
+            if (evaluate_choice(t, i, step)) return 1;
+            continue;
+        }
         double t0 = strata_now_seconds();
         double loss = evaluate_set(t, t->evals[i].set, &stopped);
         if (stopped) return 1;
@@ -776,8 +814,10 @@ static void trainer_free(trainer *t)
     strata_adamw_free(&t->opt);
     strata_grad_sync_free(t->sync);
     if (t->loader) strata_loader_close(t->loader);
-    for (int i = 0; i < STRATA_MAX_EVALS; i++)
+    for (int i = 0; i < STRATA_MAX_EVALS; i++) {
         if (t->evals[i].set) strata_evalset_close(t->evals[i].set);
+        strata_choice_free(t->evals[i].choice);
+    }
     strata_metrics_close(t->metrics);
     free(t->groups), free(t->theta0), free(t->fisher);
     json_decref(t->origin);
@@ -1018,6 +1058,11 @@ strata_err strata_eval_run(const strata_config *cfg, strata_comm *comm, const ch
     strata_ckpt_state st = {0};
     strata_err e = strata_comm_agree_error(comm, init_model(&t, &st));
     for (int i = 0; !e.code && i < cfg->n_evals; i++) {
+        t.evals[i].baseline = NAN;
+        if (cfg->evals[i].kind == STRATA_EVAL_CHOICE) {
+            e = open_choice(&t, i);
+            continue;
+        }
         e = strata_evalset_open(&t.evals[i].set, cfg->evals[i].path, cfg->data.seq_len,
                                 strata_model_get_shape(t.model)->vocab_size,
                                 cfg->evals[i].max_samples);

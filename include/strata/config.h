@@ -20,10 +20,17 @@
 #define STRATA_MAX_EVALS 8
 #define STRATA_PATH_MAX  4096
 
+/* [eval.NAME] kind: held-out loss on a token shard, or multiple-choice
+ * accuracy on a JSON Lines file (choice.h) tokenized with `tokenizer`. */
+enum { STRATA_EVAL_LOSS = 0, STRATA_EVAL_CHOICE = 1 };
+
 typedef struct strata_eval_config {
     char name[64];
     char path[STRATA_PATH_MAX];
-    long max_samples; /* 0 = all */
+    long max_samples; /* 0 = all (choice: items) */
+    int kind;         /* STRATA_EVAL_* */
+    /* choice: "byte", "gpt2" (with vocab and merges) or a tokenizer.json */
+    char tokenizer[STRATA_PATH_MAX], vocab[STRATA_PATH_MAX], merges[STRATA_PATH_MAX];
 } strata_eval_config;
 
 typedef struct strata_config {

@@ -3,7 +3,8 @@
  * A metrics file holds one JSON object per line (docs/DESIGN.md): a training
  * record per logged step (step, tokens, loss, loss_new, loss_replay, lr,
  * tokens_per_s, ...) and an evaluation record per held-out set and
- * evaluation (step, eval: "NAME", loss, ppl). Any field but step may be
+ * evaluation (step, eval: "NAME", loss, ppl; a multiple-choice set's has acc
+ * and acc_norm in place of loss). Any field but step may be
  * missing or null; unknown keys are ignored; an object with no "step", or
  * with no value this module reads, is not a record and is skipped. A line
  * that is not JSON, a line that is not an object, or a known field of the
@@ -50,6 +51,8 @@ typedef struct strata_report_series {
 typedef struct strata_report_eval {
     char *name; /* the record's "eval" value */
     strata_report_series loss;
+    /* kind = choice sets (records with "acc"): accuracy and acc_norm */
+    strata_report_series acc, acc_norm;
 } strata_report_eval;
 
 typedef struct strata_report_run {
@@ -101,7 +104,8 @@ typedef struct strata_report_eval_summary {
 strata_report_eval_summary strata_report_summarize_eval(const strata_report_eval *ev);
 
 /* The summary as Markdown (what summary.md holds), in a string the caller
- * frees: a table of runs and a table of every run's eval sets. */
+ * frees: a table of runs, a table of every run's held-out loss sets and one
+ * of its multiple-choice sets (forgetting = baseline acc - last acc). */
 strata_err strata_report_markdown(const strata_report_run *runs, size_t n_runs, char **md);
 
 /* Writes DIR/report.gp, the gnuplot script that draws every plot as SVG and
