@@ -1,12 +1,11 @@
 /* Generation with a KV cache: see include/strata/generate.h. */
 #include "strata/generate.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include <cblas.h>
 
 #include "strata/family.h"
 #include "strata/kernels.h"
@@ -144,8 +143,8 @@ strata_err strata_generator_feed(strata_generator *g, const uint32_t *tokens, in
     }
     /* Only the last row's logits: logits (Vp) = head (Vp, C) h. A matrix-vector
      * product: sgemm would pack the whole (Vp, C) head for its one row. */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, s->padded_vocab, s->n_embd, 1.0f, g->head,
-                s->n_embd, h + (size_t)(last - 1) * s->n_embd, 1, 0.0f, g->logits, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, s->padded_vocab, s->n_embd, 1.0f, g->head, s->n_embd,
+                h + (size_t)(last - 1) * s->n_embd, 1, 0.0f, g->logits, 1);
     *logits = g->logits;
     return strata_ok();
 }

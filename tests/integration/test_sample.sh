@@ -127,4 +127,11 @@ expect_exit 2 "g.h5: no tokenizer recorded for this model \(vocab_size 67\)" \
   "$STRATA" sample --checkpoint g.h5
 expect_exit 2 "tokenizer byte has 256 tokens, the model only 67" \
   "$STRATA" sample --checkpoint g.h5 --tokenizer byte
+expect_exit 2 "log.sample_every: -1 is out of range" "$STRATA" train \
+  --config "$STRATA_SOURCE_DIR/configs/tiny.ini" --set log.sample_every=-1
+expect_exit 2 "\[log\] sample_every: the model's vocab_size is 300, not the byte tokenizer's 256" \
+  "$STRATA" train --config "$STRATA_SOURCE_DIR/configs/tiny.ini" --set data.new="$PWD/english.h5" \
+  --set eval.val.path="$PWD/english.val.h5" --set eval.val.max_samples=2 \
+  --set model.vocab_size=300 --set log.sample_every=5 --set checkpoint.dir="$PWD/v300" \
+  --set checkpoint.resume=never
 echo "test_sample: all checks passed"
