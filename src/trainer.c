@@ -28,7 +28,7 @@
 typedef struct eval_state {
     strata_evalset *set;
     strata_choice_set *choice; /* kind = choice: set is NULL */
-    double baseline; /* loss (choice: acc) of the init model, NAN until measured */
+    double baseline;           /* loss (choice: acc) of the init model, NAN until measured */
 } eval_state;
 
 typedef struct trainer {

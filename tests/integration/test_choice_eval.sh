@@ -48,11 +48,23 @@ path = hs.jsonl
 tokenizer = byte
 EOF2
 "$STRATA" train --config base.ini --set log.metrics=pre.jsonl > pre.log 2>&1 || fail "pretraining failed: $(tail -3 pre.log)"
-"$STRATA" train --config base.ini --set model.init=pre/ckpt-250.h5 --set data.new=code.h5 \
-  --set train.steps=150 --set train.lr=1e-2 --set train.warmup=5 --set train.min_lr=1e-2 \
-  --set log.eval_every=50 --set checkpoint.dir=cont --set log.metrics=cont.jsonl > cont.log 2>&1 ||
+cont=(--config base.ini --set model.init=pre/ckpt-250.h5 --set data.new=code.h5 --set train.steps=150
+  --set train.lr=1e-2 --set train.warmup=5 --set train.min_lr=1e-2 --set log.eval_every=50
+  --set checkpoint.every=100)
+"$STRATA" train "${cont[@]}" --set checkpoint.dir=cont --set log.metrics=cont.jsonl > cont.log 2>&1 ||
   fail "continued training failed: $(tail -3 cont.log)"
 grep -E "^eval hs" cont.log
+# Resumed from step 100, the run keeps its step-0 baseline (carried in the checkpoint).
+"$STRATA" train "${cont[@]}" --set checkpoint.resume=cont/ckpt-100.h5 --set checkpoint.dir=resumed \
+  --set log.metrics=resumed.jsonl > resumed.log 2>&1 || fail "resumed training failed: $(tail -3 resumed.log)"
+"$PYTHON" - <<'PY' || fail "the resumed run's choice record differs"
+import json
+def hs(path, step):
+    return [r for r in map(json.loads, open(path)) if r.get("eval") == "hs" and r["step"] == step][0]
+a, b = hs("cont.jsonl", 150), hs("resumed.jsonl", 150)
+assert a == b, (a, b)
+print("resumed from step 100: step-150 record identical, baseline", b["baseline"])
+PY
 
 "$PYTHON" - <<'PY' || fail "the choice accuracy's drop is not reported as forgetting in cont.jsonl"
 import json
