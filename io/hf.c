@@ -474,49 +474,24 @@ strata_err strata_hf_write_json(const char *path, json_t *root)
     return e;
 }
 
-static strata_err config_json(const char *dir, const strata_model_shape *s, int dtype, json_t **out)
+/* GPT2Config's keys. */
+static void gpt2_keys(json_t *o, const strata_model_shape *s)
 {
-    const hf_type *ty = type_of_shape(s);
-    if (!ty)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: no Hugging Face model_type for family %d variant %d", dir,
-                             s->family, s->variant);
-    json_t *o = json_object();
-    if (!o) return strata_errorf(STRATA_EFAIL, "out of memory");
-    json_object_set_new(o, "architectures", json_pack("[s]", ty->architecture));
-    json_object_set_new(o, "model_type", json_string(ty->model_type));
-    json_object_set_new(o, "torch_dtype",
-                        json_string(dtype == STRATA_ST_BF16 ? "bfloat16" : "float32"));
-    json_object_set_new(o, "vocab_size", json_integer(s->vocab_size));
-    if (ty->family == STRATA_FAMILY_GPT2) {
-        json_object_set_new(o, "n_embd", json_integer(s->n_embd));
-        json_object_set_new(o, "n_layer", json_integer(s->n_layer));
-        json_object_set_new(o, "n_head", json_integer(s->n_head));
-        json_object_set_new(o, "n_positions", json_integer(s->block_size));
-        json_object_set_new(o, "n_ctx", json_integer(s->block_size));
-        json_object_set_new(o, "n_inner", json_null());
-        json_object_set_new(o, "activation_function", json_string("gelu_new"));
-        json_object_set_new(o, "layer_norm_epsilon", json_float(1e-5f));
-        json_object_set_new(o, "scale_attn_weights", json_true());
-        json_object_set_new(o, "tie_word_embeddings", json_true());
-        *out = o;
-        return strata_ok();
-    }
-    /* The llama family: what the variant's transformers class computes must
-     * be what the shape says. */
-    int want_bias = ty->variant == STRATA_VARIANT_QWEN2,
-        want_norm = ty->variant == STRATA_VARIANT_QWEN3;
-    const char *bad = !!s->qkv_bias != want_bias                                ? "q/k/v biases"
-                      : !!s->qk_norm != want_norm                               ? "QK-norm"
-                      : s->sliding_window && ty->variant == STRATA_VARIANT_BASE ? "a sliding window"
-                                                                                : NULL;
-    if (bad) {
-        json_decref(o);
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: model_type %s cannot describe this model's %s (qkv_bias %d, "
-                             "qk_norm %d, sliding_window %d)",
-                             dir, ty->model_type, bad, s->qkv_bias, s->qk_norm, s->sliding_window);
-    }
+    json_object_set_new(o, "n_embd", json_integer(s->n_embd));
+    json_object_set_new(o, "n_layer", json_integer(s->n_layer));
+    json_object_set_new(o, "n_head", json_integer(s->n_head));
+    json_object_set_new(o, "n_positions", json_integer(s->block_size));
+    json_object_set_new(o, "n_ctx", json_integer(s->block_size));
+    json_object_set_new(o, "n_inner", json_null());
+    json_object_set_new(o, "activation_function", json_string("gelu_new"));
+    json_object_set_new(o, "layer_norm_epsilon", json_float(1e-5f));
+    json_object_set_new(o, "scale_attn_weights", json_true());
+    json_object_set_new(o, "tie_word_embeddings", json_true());
+}
+
+/* The llama family's keys, as the variant's transformers class reads them. */
+static void llama_keys(json_t *o, const strata_model_shape *s, const hf_type *ty)
+{
     int n_kv = s->n_kv_head ? s->n_kv_head : s->n_head;
     int hd = s->head_dim ? s->head_dim : s->n_embd / s->n_head;
     json_object_set_new(o, "hidden_size", json_integer(s->n_embd));
@@ -553,6 +528,43 @@ static strata_err config_json(const char *dir, const strata_model_shape *s, int 
         json_object_set_new(o, "max_window_layers",
                             json_integer(s->sliding_window ? 0 : s->n_layer));
     }
+}
+
+static strata_err config_json(const char *dir, const strata_model_shape *s, int dtype, json_t **out)
+{
+    const hf_type *ty = type_of_shape(s);
+    if (!ty)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: no Hugging Face model_type for family %d variant %d", dir,
+                             s->family, s->variant);
+    json_t *o = json_object();
+    if (!o) return strata_errorf(STRATA_EFAIL, "out of memory");
+    json_object_set_new(o, "architectures", json_pack("[s]", ty->architecture));
+    json_object_set_new(o, "model_type", json_string(ty->model_type));
+    json_object_set_new(o, "torch_dtype",
+                        json_string(dtype == STRATA_ST_BF16 ? "bfloat16" : "float32"));
+    json_object_set_new(o, "vocab_size", json_integer(s->vocab_size));
+    if (ty->family == STRATA_FAMILY_GPT2) {
+        gpt2_keys(o, s);
+        *out = o;
+        return strata_ok();
+    }
+    /* The llama family: what the variant's transformers class computes must
+     * be what the shape says. */
+    int want_bias = ty->variant == STRATA_VARIANT_QWEN2,
+        want_norm = ty->variant == STRATA_VARIANT_QWEN3;
+    const char *bad = !!s->qkv_bias != want_bias                                ? "q/k/v biases"
+                      : !!s->qk_norm != want_norm                               ? "QK-norm"
+                      : s->sliding_window && ty->variant == STRATA_VARIANT_BASE ? "a sliding window"
+                                                                                : NULL;
+    if (bad) {
+        json_decref(o);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: model_type %s cannot describe this model's %s (qkv_bias %d, "
+                             "qk_norm %d, sliding_window %d)",
+                             dir, ty->model_type, bad, s->qkv_bias, s->qk_norm, s->sliding_window);
+    }
+    llama_keys(o, s, ty);
     *out = o;
     return strata_ok();
 }
