@@ -119,6 +119,18 @@ static strata_err cfg_str(const cfg *c, const char *key, const char *def, const 
 }
 
 /* What no strata model computes, whatever the model_type says. */
+/* The activation key: its default def or the equivalent alt, else refused
+ * with why. */
+static strata_err cfg_activation(const cfg *c, const char *key, const char *def, const char *alt,
+                                 const char *why)
+{
+    const char *act = NULL;
+    STRATA_TRY(cfg_str(c, key, def, &act));
+    if (strcmp(act, def) && strcmp(act, alt))
+        return strata_errorf(STRATA_EINPUT, "%s: \"%s\" is '%.40s'; %s", c->path, key, act, why);
+    return strata_ok();
+}
+
 static strata_err refuse_unsupported(const cfg *c)
 {
     static const char *const moe[] = {
@@ -162,13 +174,9 @@ static strata_err parse_gpt2(const cfg *c, strata_model_shape *s)
     STRATA_TRY(cfg_int(c, "n_head", 1, 0, 1, 65536, &s->n_head));
     STRATA_TRY(cfg_int(c, "n_positions", 1, 0, 2, 1 << 20, &s->block_size));
     STRATA_TRY(cfg_int(c, "vocab_size", 1, 0, 2, 1 << 24, &s->vocab_size));
-    const char *act = NULL;
-    STRATA_TRY(cfg_str(c, "activation_function", "gelu_new", &act));
-    if (strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh"))
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: \"activation_function\" is '%.40s'; strata's GPT-2 computes "
-                             "GELU with the tanh approximation (gelu_new) only",
-                             c->path, act);
+    STRATA_TRY(cfg_activation(c, "activation_function", "gelu_new", "gelu_pytorch_tanh",
+                              "strata's GPT-2 computes GELU with the tanh approximation "
+                              "(gelu_new) only"));
     int n_inner = 0;
     STRATA_TRY(cfg_int(c, "n_inner", 0, 0, 0, INT_MAX, &n_inner));
     if (n_inner && n_inner != 4 * s->n_embd)
@@ -337,13 +345,8 @@ static strata_err parse_llama(const cfg *c, const hf_type *ty, strata_model_shap
                                  c->path, s->n_embd, s->n_head);
         s->head_dim = s->n_embd / s->n_head;
     }
-    const char *act = NULL;
-    STRATA_TRY(cfg_str(c, "hidden_act", "silu", &act));
-    if (strcmp(act, "silu") && strcmp(act, "swish"))
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: \"hidden_act\" is '%.40s'; the llama family's MLP is SwiGLU "
-                             "(silu) only",
-                             c->path, act);
+    STRATA_TRY(cfg_activation(c, "hidden_act", "silu", "swish",
+                              "the llama family's MLP is SwiGLU (silu) only"));
     double eps = 0;
     STRATA_TRY(cfg_num(c->root, c, "", "rms_norm_eps", 0, 1e-6, &eps));
     s->norm_eps = (float)eps;

@@ -644,17 +644,7 @@ strata_err strata_tokenizer_hf(strata_tokenizer **out, const char *tokenizer_jso
  * token is longer than either part), so a round never grows while it runs. */
 static long bpe_piece(strata_tokenizer *t, const uint8_t *s, size_t n)
 {
-    if (n > t->scratch_cap) {
-        size_t cap = n < 64 ? 64 : 2 * n;
-        uint32_t *sy = realloc(t->sym, cap * sizeof *sy);
-        if (sy) t->sym = sy;
-        int32_t *p = sy ? realloc(t->prev, cap * sizeof *p) : NULL;
-        if (p) t->prev = p;
-        int32_t *q = p ? realloc(t->next, cap * sizeof *q) : NULL;
-        if (q) t->next = q;
-        if (!q) return -1;
-        t->scratch_cap = cap;
-    }
+    if (strata_bpe_grow_symbols(&t->sym, &t->prev, &t->next, &t->scratch_cap, n)) return -1;
     if (strata_bpe_grow((void **)&t->word, &t->word_cap, n, sizeof *t->word)) return -1;
 
     uint32_t *sym = t->sym;

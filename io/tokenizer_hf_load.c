@@ -28,6 +28,33 @@ strata_err strata_hfi_bad(const strata_hf *h, const char *jpath, const char *fmt
     return strata_errorf(STRATA_EINPUT, "%s: %s: %s", h->path, jpath, msg);
 }
 
+/* The "type" of the pipeline stage n at jpath (what: "a decoder", ...). */
+strata_err strata_hfi_stage_type(const strata_hf *h, const json_t *n, const char *jpath,
+                                 const char *what, const char **type)
+{
+    const json_t *t = json_object_get(n, "type");
+    if (!json_is_object(n) || !json_is_string(t))
+        return strata_hfi_bad(h, jpath, "%s must be an object with a \"type\"", what);
+    *type = json_string_value(t);
+    return strata_ok();
+}
+
+/* A Sequence stage: every member of n[key] through add, one level deeper
+ * (at most 4 levels: a deeper file is refused rather than recursed into). */
+strata_err strata_hfi_sequence(strata_hf *h, const json_t *n, const char *jpath, const char *key,
+                               int depth, strata_hfi_stage_fn add)
+{
+    const json_t *arr = json_object_get(n, key);
+    if (!json_is_array(arr) || depth > 4)
+        return strata_hfi_bad(h, jpath, "Sequence needs a \"%s\" array", key);
+    char sub[256];
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", jpath, key, i);
+        STRATA_TRY(add(h, json_array_get(arr, i), sub, depth + 1));
+    }
+    return strata_ok();
+}
+
 /* A JSON value that is absent or null. */
 int strata_hfi_is_none(const json_t *v) { return !v || json_is_null(v); }
 
@@ -337,25 +364,12 @@ static strata_err load_added(strata_hf *h, const json_t *added)
 static strata_err load_post(strata_hf *h, const json_t *p, const char *jpath, int depth)
 {
     if (strata_hfi_is_none(p)) return strata_ok();
-    json_t *type = json_object_get(p, "type");
-    if (!json_is_object(p) || !json_is_string(type))
-        return strata_hfi_bad(h, jpath, "a post-processor must be an object with a \"type\"");
-    const char *t = json_string_value(type);
+    const char *t = NULL;
+    STRATA_TRY(strata_hfi_stage_type(h, p, jpath, "a post-processor", &t));
     char sub[256];
     if (!strcmp(t, "ByteLevel")) return strata_ok(); /* offsets only */
-    if (!strcmp(t, "Sequence")) {
-        json_t *arr = json_object_get(p, "processors");
-        if (!json_is_array(arr) || depth > 4)
-            return strata_hfi_bad(h, jpath, "Sequence needs a \"processors\" array");
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", jpath, i);
-            STRATA_TRY(load_post(h, v, sub, depth + 1));
-        }
-        return strata_ok();
-    }
+    if (!strcmp(t, "Sequence"))
+        return strata_hfi_sequence(h, p, jpath, "processors", depth, load_post);
     if (strcmp(t, "TemplateProcessing"))
         return strata_hfi_bad(
             h, jpath,
