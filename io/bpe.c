@@ -53,3 +53,18 @@ uint64_t strata_bpe_heap_pop(uint64_t *hp, size_t *n)
     if (m) hp[i] = v;
     return top;
 }
+
+int strata_bpe_grow_symbols(uint32_t **sym, int32_t **prev, int32_t **next, size_t *cap, size_t n)
+{
+    if (n <= *cap) return 0;
+    size_t c = n < 64 ? 64 : 2 * n;
+    uint32_t *sy = realloc(*sym, c * sizeof *sy);
+    if (sy) *sym = sy;
+    int32_t *p = sy ? realloc(*prev, c * sizeof *p) : NULL;
+    if (p) *prev = p;
+    int32_t *q = p ? realloc(*next, c * sizeof *q) : NULL;
+    if (q) *next = q;
+    if (!q) return -1;
+    *cap = c;
+    return 0;
+}

@@ -17,6 +17,11 @@ int strata_bpe_grow(void **p, size_t *cap, size_t need, size_t elem);
  * the others for 256 + n in order; u2b is the inverse (-1 elsewhere). */
 void strata_bpe_byte_unicode_tables(uint32_t b2u[256], int u2b[324]);
 
+/* Makes the symbol arrays of a piece (symbol ids, previous and next links)
+ * hold at least n entries (64, or twice n, when they grow); -1 when out of
+ * memory, the arrays grown so far kept. */
+int strata_bpe_grow_symbols(uint32_t **sym, int32_t **prev, int32_t **next, size_t *cap, size_t n);
+
 /* A 64-bit merge-pair key to a table slot (Fibonacci hashing). */
 static inline size_t strata_bpe_pair_hash(uint64_t k)
 {

@@ -539,17 +539,24 @@ static strata_err attr_open(hid_t file, const char *path, const char *name, H5T_
     return strata_ok();
 }
 
-static strata_err attr_read_int(hid_t file, const char *path, const char *name, hid_t mem_type,
-                                void *out)
+/* A numeric attribute of class cls, read as mem_type. */
+static strata_err attr_read_num(hid_t file, const char *path, const char *name, H5T_class_t cls,
+                                hid_t mem_type, void *out)
 {
     hid_t attr = -1, type = -1;
-    STRATA_TRY(attr_open(file, path, name, H5T_INTEGER, &attr, &type));
+    STRATA_TRY(attr_open(file, path, name, cls, &attr, &type));
     strata_err e = strata_ok();
     if (H5Aread(attr, mem_type, out) < 0)
         e = h5_fail(STRATA_EINPUT, path, "cannot read attribute '%s'", name);
     H5Tclose(type);
     H5Aclose(attr);
     return e;
+}
+
+static strata_err attr_read_int(hid_t file, const char *path, const char *name, hid_t mem_type,
+                                void *out)
+{
+    return attr_read_num(file, path, name, H5T_INTEGER, mem_type, out);
 }
 
 static strata_err attr_read_i64(hid_t file, const char *path, const char *name, int64_t *out)
@@ -559,14 +566,7 @@ static strata_err attr_read_i64(hid_t file, const char *path, const char *name, 
 
 static strata_err attr_read_double(hid_t file, const char *path, const char *name, double *out)
 {
-    hid_t attr = -1, type = -1;
-    STRATA_TRY(attr_open(file, path, name, H5T_FLOAT, &attr, &type));
-    strata_err e = strata_ok();
-    if (H5Aread(attr, H5T_NATIVE_DOUBLE, out) < 0)
-        e = h5_fail(STRATA_EINPUT, path, "cannot read attribute '%s'", name);
-    H5Tclose(type);
-    H5Aclose(attr);
-    return e;
+    return attr_read_num(file, path, name, H5T_FLOAT, H5T_NATIVE_DOUBLE, out);
 }
 
 /* Reads a string attribute (fixed-length, as written here, or variable-length,

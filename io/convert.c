@@ -95,24 +95,23 @@ static const strata_tensor *block_tensor(const strata_model *m, int l, int k)
 
 /* ---- llm.c ----------------------------------------------------------------- */
 
-strata_err strata_llmc_import(const char *path, strata_model **out)
+/* llm.c's header: magic, version 3 (fp32), a possible shape, and a file
+ * size that matches it exactly; *shape and *Vp (the padded vocabulary). */
+static strata_err llmc_header(in_file *f, const char *path, strata_model_shape *shape, int *Vp_out)
 {
-    in_file f;
-    STRATA_TRY(in_open(&f, path));
-    strata_err e = strata_ok();
-    strata_model *m = NULL;
+    strata_err e;
     int32_t h[LLMC_HEADER_INTS];
-    if (f.size < sizeof h) {
+    if (f->size < sizeof h) {
         e = strata_errorf(STRATA_EINPUT, "%s: %llu bytes, shorter than llm.c's %zu-byte header",
-                          path, (unsigned long long)f.size, sizeof h);
-        goto done;
+                          path, (unsigned long long)f->size, sizeof h);
+        return e;
     }
-    if ((e = in_read(&f, h, sizeof h, 0, "the header")).code) goto done;
+    if ((e = in_read(f, h, sizeof h, 0, "the header")).code) return e;
     to_little_endian(h, LLMC_HEADER_INTS);
     if (h[0] != STRATA_LLMC_MAGIC) {
         e = strata_errorf(STRATA_EINPUT, "%s: not an llm.c model file (magic %d, expected %d)",
                           path, h[0], STRATA_LLMC_MAGIC);
-        goto done;
+        return e;
     }
     if (h[1] != STRATA_LLMC_VERSION) {
         e = strata_errorf(STRATA_EINPUT,
@@ -121,7 +120,7 @@ strata_err strata_llmc_import(const char *path, strata_model **out)
                           h[1] == 5 ? "; HINT: version 5 is bf16, write an fp32 file with "
                                       "llm.c's train_gpt2.py"
                                     : "");
-        goto done;
+        return e;
     }
     int maxT = h[2], V = h[3], L = h[4], NH = h[5], C = h[6], Vp = h[7];
     if (maxT < 2 || V < 2 || L < 1 || NH < 1 || C < 1 || Vp < V || maxT > (1 << 20) ||
@@ -130,52 +129,72 @@ strata_err strata_llmc_import(const char *path, strata_model **out)
                           "%s: header holds an impossible shape (max_seq_len %d, vocab_size %d, "
                           "num_layers %d, num_heads %d, channels %d, padded_vocab_size %d)",
                           path, maxT, V, L, NH, C, Vp);
-        goto done;
+        return e;
     }
     /* All factors are bounded above, so these products fit in 64 bits. */
     uint64_t c = (uint64_t)C, n_floats = (uint64_t)Vp * c + (uint64_t)maxT * c +
                                          (uint64_t)L * (12 * c * c + 13 * c) + 2 * c;
     uint64_t want = sizeof h + 4 * n_floats;
-    if (f.size != want) {
+    if (f->size != want) {
         e = strata_errorf(STRATA_EINPUT,
                           "%s: %llu bytes, but its header (num_layers %d, channels %d, "
                           "max_seq_len %d, padded_vocab_size %d) makes %llu; truncated or not "
                           "llm.c's format",
-                          path, (unsigned long long)f.size, L, C, maxT, Vp,
+                          path, (unsigned long long)f->size, L, C, maxT, Vp,
                           (unsigned long long)want);
-        goto done;
+        return e;
     }
-    strata_model_shape shape = {
+    *shape = (strata_model_shape){
         .n_layer = L, .n_head = NH, .n_embd = C, .block_size = maxT, .vocab_size = V};
-    if ((e = strata_model_create(&m, &shape)).code) {
-        strata_err inner = e;
-        e = strata_errorf(inner.code, "%s: %s", path, inner.msg);
-        goto done;
-    }
+    *Vp_out = Vp;
+    return strata_ok();
+}
 
+/* The weights in llm.c's order: wte (with Vp - V padding rows llm.c never
+ * reads), wpe, the twelve block tensors layer by layer, ln_f. */
+static strata_err llmc_weights(in_file *f, strata_model *m, int Vp)
+{
+    strata_err e;
+    uint64_t c = (uint64_t)strata_model_get_shape(m)->n_embd;
+    int L = strata_model_get_shape(m)->n_layer;
     float *p = strata_model_params(m);
-    uint64_t off = sizeof h;
+    uint64_t off = (uint64_t)LLMC_HEADER_INTS * sizeof(int32_t);
     const strata_tensor *wte = strata_model_find(m, "wte.weight");
     const strata_tensor *wpe = strata_model_find(m, "wpe.weight");
     /* wte: V real rows, then Vp - V padding rows that llm.c never reads. */
-    if ((e = in_read_floats(&f, p + wte->offset, wte->numel, off, "wte")).code) goto done;
+    if ((e = in_read_floats(f, p + wte->offset, wte->numel, off, "wte")).code) return e;
     off += (uint64_t)Vp * c * 4;
-    if ((e = in_read_floats(&f, p + wpe->offset, wpe->numel, off, "wpe")).code) goto done;
+    if ((e = in_read_floats(f, p + wpe->offset, wpe->numel, off, "wpe")).code) return e;
     off += wpe->numel * 4;
     for (int k = 0; k < 12; k++)
         for (int l = 0; l < L; l++) {
             const strata_tensor *t = block_tensor(m, l, k);
-            if ((e = in_read_floats(&f, p + t->offset, t->numel, off, t->name)).code) goto done;
+            if ((e = in_read_floats(f, p + t->offset, t->numel, off, t->name)).code) return e;
             off += t->numel * 4;
         }
     const strata_tensor *lnf[2] = {strata_model_find(m, "ln_f.weight"),
                                    strata_model_find(m, "ln_f.bias")};
     for (int i = 0; i < 2; i++) {
-        if ((e = in_read_floats(&f, p + lnf[i]->offset, lnf[i]->numel, off, lnf[i]->name)).code)
-            goto done;
+        if ((e = in_read_floats(f, p + lnf[i]->offset, lnf[i]->numel, off, lnf[i]->name)).code)
+            return e;
         off += lnf[i]->numel * 4;
     }
-done:
+    return strata_ok();
+}
+
+strata_err strata_llmc_import(const char *path, strata_model **out)
+{
+    in_file f;
+    STRATA_TRY(in_open(&f, path));
+    strata_model *m = NULL;
+    strata_model_shape shape;
+    int Vp = 0;
+    strata_err e = llmc_header(&f, path, &shape, &Vp);
+    if (!e.code && (e = strata_model_create(&m, &shape)).code) {
+        strata_err inner = e;
+        e = strata_errorf(inner.code, "%s: %s", path, inner.msg);
+    }
+    if (!e.code) e = llmc_weights(&f, m, Vp);
     close(f.fd);
     if (e.code) {
         strata_model_free(m);

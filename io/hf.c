@@ -119,6 +119,18 @@ static strata_err cfg_str(const cfg *c, const char *key, const char *def, const 
 }
 
 /* What no strata model computes, whatever the model_type says. */
+/* The activation key: its default def or the equivalent alt, else refused
+ * with why. */
+static strata_err cfg_activation(const cfg *c, const char *key, const char *def, const char *alt,
+                                 const char *why)
+{
+    const char *act = NULL;
+    STRATA_TRY(cfg_str(c, key, def, &act));
+    if (strcmp(act, def) && strcmp(act, alt))
+        return strata_errorf(STRATA_EINPUT, "%s: \"%s\" is '%.40s'; %s", c->path, key, act, why);
+    return strata_ok();
+}
+
 static strata_err refuse_unsupported(const cfg *c)
 {
     static const char *const moe[] = {
@@ -162,13 +174,9 @@ static strata_err parse_gpt2(const cfg *c, strata_model_shape *s)
     STRATA_TRY(cfg_int(c, "n_head", 1, 0, 1, 65536, &s->n_head));
     STRATA_TRY(cfg_int(c, "n_positions", 1, 0, 2, 1 << 20, &s->block_size));
     STRATA_TRY(cfg_int(c, "vocab_size", 1, 0, 2, 1 << 24, &s->vocab_size));
-    const char *act = NULL;
-    STRATA_TRY(cfg_str(c, "activation_function", "gelu_new", &act));
-    if (strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh"))
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: \"activation_function\" is '%.40s'; strata's GPT-2 computes "
-                             "GELU with the tanh approximation (gelu_new) only",
-                             c->path, act);
+    STRATA_TRY(cfg_activation(c, "activation_function", "gelu_new", "gelu_pytorch_tanh",
+                              "strata's GPT-2 computes GELU with the tanh approximation "
+                              "(gelu_new) only"));
     int n_inner = 0;
     STRATA_TRY(cfg_int(c, "n_inner", 0, 0, 0, INT_MAX, &n_inner));
     if (n_inner && n_inner != 4 * s->n_embd)
@@ -337,13 +345,8 @@ static strata_err parse_llama(const cfg *c, const hf_type *ty, strata_model_shap
                                  c->path, s->n_embd, s->n_head);
         s->head_dim = s->n_embd / s->n_head;
     }
-    const char *act = NULL;
-    STRATA_TRY(cfg_str(c, "hidden_act", "silu", &act));
-    if (strcmp(act, "silu") && strcmp(act, "swish"))
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: \"hidden_act\" is '%.40s'; the llama family's MLP is SwiGLU "
-                             "(silu) only",
-                             c->path, act);
+    STRATA_TRY(cfg_activation(c, "hidden_act", "silu", "swish",
+                              "the llama family's MLP is SwiGLU (silu) only"));
     double eps = 0;
     STRATA_TRY(cfg_num(c->root, c, "", "rms_norm_eps", 0, 1e-6, &eps));
     s->norm_eps = (float)eps;
@@ -474,49 +477,24 @@ strata_err strata_hf_write_json(const char *path, json_t *root)
     return e;
 }
 
-static strata_err config_json(const char *dir, const strata_model_shape *s, int dtype, json_t **out)
+/* GPT2Config's keys. */
+static void gpt2_keys(json_t *o, const strata_model_shape *s)
 {
-    const hf_type *ty = type_of_shape(s);
-    if (!ty)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: no Hugging Face model_type for family %d variant %d", dir,
-                             s->family, s->variant);
-    json_t *o = json_object();
-    if (!o) return strata_errorf(STRATA_EFAIL, "out of memory");
-    json_object_set_new(o, "architectures", json_pack("[s]", ty->architecture));
-    json_object_set_new(o, "model_type", json_string(ty->model_type));
-    json_object_set_new(o, "torch_dtype",
-                        json_string(dtype == STRATA_ST_BF16 ? "bfloat16" : "float32"));
-    json_object_set_new(o, "vocab_size", json_integer(s->vocab_size));
-    if (ty->family == STRATA_FAMILY_GPT2) {
-        json_object_set_new(o, "n_embd", json_integer(s->n_embd));
-        json_object_set_new(o, "n_layer", json_integer(s->n_layer));
-        json_object_set_new(o, "n_head", json_integer(s->n_head));
-        json_object_set_new(o, "n_positions", json_integer(s->block_size));
-        json_object_set_new(o, "n_ctx", json_integer(s->block_size));
-        json_object_set_new(o, "n_inner", json_null());
-        json_object_set_new(o, "activation_function", json_string("gelu_new"));
-        json_object_set_new(o, "layer_norm_epsilon", json_float(1e-5f));
-        json_object_set_new(o, "scale_attn_weights", json_true());
-        json_object_set_new(o, "tie_word_embeddings", json_true());
-        *out = o;
-        return strata_ok();
-    }
-    /* The llama family: what the variant's transformers class computes must
-     * be what the shape says. */
-    int want_bias = ty->variant == STRATA_VARIANT_QWEN2,
-        want_norm = ty->variant == STRATA_VARIANT_QWEN3;
-    const char *bad = !!s->qkv_bias != want_bias                                ? "q/k/v biases"
-                      : !!s->qk_norm != want_norm                               ? "QK-norm"
-                      : s->sliding_window && ty->variant == STRATA_VARIANT_BASE ? "a sliding window"
-                                                                                : NULL;
-    if (bad) {
-        json_decref(o);
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: model_type %s cannot describe this model's %s (qkv_bias %d, "
-                             "qk_norm %d, sliding_window %d)",
-                             dir, ty->model_type, bad, s->qkv_bias, s->qk_norm, s->sliding_window);
-    }
+    json_object_set_new(o, "n_embd", json_integer(s->n_embd));
+    json_object_set_new(o, "n_layer", json_integer(s->n_layer));
+    json_object_set_new(o, "n_head", json_integer(s->n_head));
+    json_object_set_new(o, "n_positions", json_integer(s->block_size));
+    json_object_set_new(o, "n_ctx", json_integer(s->block_size));
+    json_object_set_new(o, "n_inner", json_null());
+    json_object_set_new(o, "activation_function", json_string("gelu_new"));
+    json_object_set_new(o, "layer_norm_epsilon", json_float(1e-5f));
+    json_object_set_new(o, "scale_attn_weights", json_true());
+    json_object_set_new(o, "tie_word_embeddings", json_true());
+}
+
+/* The llama family's keys, as the variant's transformers class reads them. */
+static void llama_keys(json_t *o, const strata_model_shape *s, const hf_type *ty)
+{
     int n_kv = s->n_kv_head ? s->n_kv_head : s->n_head;
     int hd = s->head_dim ? s->head_dim : s->n_embd / s->n_head;
     json_object_set_new(o, "hidden_size", json_integer(s->n_embd));
@@ -553,6 +531,43 @@ static strata_err config_json(const char *dir, const strata_model_shape *s, int 
         json_object_set_new(o, "max_window_layers",
                             json_integer(s->sliding_window ? 0 : s->n_layer));
     }
+}
+
+static strata_err config_json(const char *dir, const strata_model_shape *s, int dtype, json_t **out)
+{
+    const hf_type *ty = type_of_shape(s);
+    if (!ty)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: no Hugging Face model_type for family %d variant %d", dir,
+                             s->family, s->variant);
+    json_t *o = json_object();
+    if (!o) return strata_errorf(STRATA_EFAIL, "out of memory");
+    json_object_set_new(o, "architectures", json_pack("[s]", ty->architecture));
+    json_object_set_new(o, "model_type", json_string(ty->model_type));
+    json_object_set_new(o, "torch_dtype",
+                        json_string(dtype == STRATA_ST_BF16 ? "bfloat16" : "float32"));
+    json_object_set_new(o, "vocab_size", json_integer(s->vocab_size));
+    if (ty->family == STRATA_FAMILY_GPT2) {
+        gpt2_keys(o, s);
+        *out = o;
+        return strata_ok();
+    }
+    /* The llama family: what the variant's transformers class computes must
+     * be what the shape says. */
+    int want_bias = ty->variant == STRATA_VARIANT_QWEN2,
+        want_norm = ty->variant == STRATA_VARIANT_QWEN3;
+    const char *bad = !!s->qkv_bias != want_bias                                ? "q/k/v biases"
+                      : !!s->qk_norm != want_norm                               ? "QK-norm"
+                      : s->sliding_window && ty->variant == STRATA_VARIANT_BASE ? "a sliding window"
+                                                                                : NULL;
+    if (bad) {
+        json_decref(o);
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: model_type %s cannot describe this model's %s (qkv_bias %d, "
+                             "qk_norm %d, sliding_window %d)",
+                             dir, ty->model_type, bad, s->qkv_bias, s->qk_norm, s->sliding_window);
+    }
+    llama_keys(o, s, ty);
     *out = o;
     return strata_ok();
 }

@@ -104,37 +104,84 @@ static void transpose(float *dst, const float *src, size_t rows, size_t cols)
                     dst[c * rows + r] = src[r * cols + c];
 }
 
+/* The file's tensor for t, its name and shape checked; marked used. */
+static strata_err match_tensor(const strata_safetensors *st, const char *where,
+                               const strata_model *m, const strata_tensor *t,
+                               const strata_st_tensor **src, unsigned char *used)
+{
+    STRATA_TRY(lookup(st, where, t->name, src));
+    const strata_st_tensor *f = *src;
+    if (!f) return strata_errorf(STRATA_EINPUT, "%s: tensor '%s' is missing", where, t->name);
+    used[f - strata_st_at(st, 0)] = 1;
+    uint64_t want[2] = {(uint64_t)t->shape[0], (uint64_t)t->shape[1]};
+    if (stored_transposed(m, t)) want[0] = (uint64_t)t->shape[1], want[1] = (uint64_t)t->shape[0];
+    if (f->ndim != t->ndim || f->shape[0] != want[0] || (t->ndim == 2 && f->shape[1] != want[1])) {
+        char got[160], exp[64];
+        shape_text(got, sizeof got, f->ndim, f->shape);
+        shape_text(exp, sizeof exp, t->ndim, want);
+        return strata_errorf(STRATA_EINPUT, "%s: tensor '%s' has shape %s, expected %s",
+                             strata_st_path(st, f->file), f->name, got, exp);
+    }
+    return strata_ok();
+}
+
+/* Every tensor's payload into m's parameters, transposed where stored so. */
+static strata_err read_payload(const strata_safetensors *st, strata_model *m,
+                               const strata_st_tensor **src)
+{
+    float *p = strata_model_params(m), *tmp = NULL;
+    size_t tmp_len = 0;
+    strata_err e = strata_ok();
+    for (int i = 0; i < strata_model_n_tensors(m) && !e.code; i++) {
+        const strata_tensor *t = strata_model_tensor(m, i);
+        if (!stored_transposed(m, t)) {
+            e = strata_st_read(st, src[i], p + t->offset);
+            continue;
+        }
+        if (tmp_len < t->numel) {
+            free(tmp);
+            tmp_len = 0;
+            if (!(tmp = malloc(t->numel * sizeof(float)))) {
+                e = strata_errorf(STRATA_EFAIL, "out of memory");
+                break;
+            }
+            tmp_len = t->numel;
+        }
+        e = strata_st_read(st, src[i], tmp);
+        if (!e.code) transpose(p + t->offset, tmp, (size_t)t->shape[1], (size_t)t->shape[0]);
+    }
+    free(tmp);
+    return e;
+}
+
+/* A tied model's lm_head.weight, when the file has one, must equal the
+ * embedding just read. */
+static strata_err check_tied_head(const strata_safetensors *st, strata_model *m,
+                                  const strata_tensor *emb, const strata_st_tensor *head)
+{
+    float *tmp = malloc(emb->numel * sizeof(float));
+    strata_err e =
+        tmp ? strata_st_read(st, head, tmp) : strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && memcmp(tmp, strata_model_params(m) + emb->offset, emb->numel * sizeof(float)))
+        e = strata_errorf(STRATA_EINPUT,
+                          "%s: lm_head.weight differs from %s; the model ties the two "
+                          "(tie_word_embeddings) and cannot import an untied head",
+                          strata_st_path(st, head->file), emb->name);
+    free(tmp);
+    return e;
+}
+
 strata_err strata_hf_load_tensors(const strata_safetensors *st, const char *where, strata_model *m)
 {
     int n = strata_model_n_tensors(m);
     size_t nf = strata_st_count(st);
     const strata_st_tensor **src = calloc((size_t)n + 1, sizeof *src);
     unsigned char *used = calloc(nf + 1, 1);
-    float *tmp = NULL;
     strata_err e = strata_ok();
     if (!src || !used) e = strata_errorf(STRATA_EFAIL, "out of memory");
     /* First every name and shape, before any payload. */
-    for (int i = 0; i < n && !e.code; i++) {
-        const strata_tensor *t = strata_model_tensor(m, i);
-        if ((e = lookup(st, where, t->name, &src[i])).code) break;
-        const strata_st_tensor *f = src[i];
-        if (!f) {
-            e = strata_errorf(STRATA_EINPUT, "%s: tensor '%s' is missing", where, t->name);
-            break;
-        }
-        used[f - strata_st_at(st, 0)] = 1;
-        uint64_t want[2] = {(uint64_t)t->shape[0], (uint64_t)t->shape[1]};
-        if (stored_transposed(m, t))
-            want[0] = (uint64_t)t->shape[1], want[1] = (uint64_t)t->shape[0];
-        if (f->ndim != t->ndim || f->shape[0] != want[0] ||
-            (t->ndim == 2 && f->shape[1] != want[1])) {
-            char got[160], exp[64];
-            shape_text(got, sizeof got, f->ndim, f->shape);
-            shape_text(exp, sizeof exp, t->ndim, want);
-            e = strata_errorf(STRATA_EINPUT, "%s: tensor '%s' has shape %s, expected %s",
-                              strata_st_path(st, f->file), f->name, got, exp);
-        }
-    }
+    for (int i = 0; i < n && !e.code; i++)
+        e = match_tensor(st, where, m, strata_model_tensor(m, i), &src[i], used);
     /* A tied model may carry its head; it must then be the embedding. */
     const strata_tensor *emb = token_embedding(m);
     const strata_st_tensor *head = NULL;
@@ -156,40 +203,8 @@ strata_err strata_hf_load_tensors(const strata_safetensors *st, const char *wher
                               strata_st_path(st, f->file), f->name, display_name(m));
     }
     /* Then the payload. */
-    float *p = strata_model_params(m);
-    size_t tmp_len = 0;
-    for (int i = 0; i < n && !e.code; i++) {
-        const strata_tensor *t = strata_model_tensor(m, i);
-        if (!stored_transposed(m, t)) {
-            e = strata_st_read(st, src[i], p + t->offset);
-            continue;
-        }
-        if (tmp_len < t->numel) {
-            free(tmp);
-            tmp_len = 0;
-            if (!(tmp = malloc(t->numel * sizeof(float)))) {
-                e = strata_errorf(STRATA_EFAIL, "out of memory");
-                break;
-            }
-            tmp_len = t->numel;
-        }
-        e = strata_st_read(st, src[i], tmp);
-        if (!e.code) transpose(p + t->offset, tmp, (size_t)t->shape[1], (size_t)t->shape[0]);
-    }
-    if (!e.code && head) {
-        free(tmp);
-        tmp = malloc(emb->numel * sizeof(float));
-        if (!tmp)
-            e = strata_errorf(STRATA_EFAIL, "out of memory");
-        else
-            e = strata_st_read(st, head, tmp);
-        if (!e.code && memcmp(tmp, p + emb->offset, emb->numel * sizeof(float)))
-            e = strata_errorf(STRATA_EINPUT,
-                              "%s: lm_head.weight differs from %s; the model ties the two "
-                              "(tie_word_embeddings) and cannot import an untied head",
-                              strata_st_path(st, head->file), emb->name);
-    }
-    free(tmp);
+    if (!e.code) e = read_payload(st, m, src);
+    if (!e.code && head) e = check_tied_head(st, m, emb, head);
     free(src);
     free(used);
     return e;

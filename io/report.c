@@ -657,25 +657,9 @@ static strata_err eval_names(const strata_report_run *runs, size_t n_runs, const
     return strata_ok();
 }
 
-static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_runs, int *n_plots)
+/* The comment naming the runs, the terminals and the common settings. */
+static void gp_header(FILE *f, const strata_report_run *runs, size_t n_runs)
 {
-    const char **names = NULL;
-    size_t n_names = 0;
-    STRATA_TRY(eval_names(runs, n_runs, &names, &n_names));
-    char **files = calloc(n_names ? n_names : 1, sizeof *files);
-    if (!files) {
-        free(names);
-        return oom("report");
-    }
-    strata_err e = strata_ok();
-    for (size_t k = 0; k < n_names; k++) {
-        files[k] = plot_name(names[k], files, k);
-        if (!files[k]) {
-            e = oom("report");
-            goto done;
-        }
-    }
-
     fputs("# Written by `strata report`; redraw with `gnuplot report.gp` in this directory.\n", f);
     for (size_t r = 0; r < n_runs; r++) {
         fprintf(f, "# run %zu: ", r);
@@ -694,8 +678,12 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
           "set encoding utf8\nset grid\nset key outside right top Left reverse\n"
           "set xlabel 'step'\nset format y '%g'\nset offsets 0, 0, graph 0.05, graph 0.05\n\n",
           f);
+}
 
-    char block[64], title[512];
+/* Every series as a named data block. */
+static void gp_data(FILE *f, const strata_report_run *runs, size_t n_runs, const char **names)
+{
+    char block[64];
     for (size_t r = 0; r < n_runs; r++) {
         for (int fi = 0; fi < STRATA_REPORT_N_FIELDS; fi++) {
             if (fi == STRATA_REPORT_TOKENS || !runs[r].field[fi].n) continue;
@@ -714,9 +702,14 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
         }
     }
     fputs("\n", f);
+}
 
+/* Training loss: one plot, one colour per run, one dash pattern per loss;
+ * returns the plots written (0 or 1). */
+static int gp_loss_plot(FILE *f, const strata_report_run *runs, size_t n_runs)
+{
+    char block[64], title[512];
     int plots = 0, first;
-    /* Training loss: one colour per run, one dash pattern per loss. */
     static const int loss_fields[] = {STRATA_REPORT_LOSS, STRATA_REPORT_LOSS_NEW,
                                       STRATA_REPORT_LOSS_REPLAY};
     first = 1;
@@ -734,7 +727,15 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
         plots++;
     }
 
-    /* Each held-out set: every run that evaluated it. */
+    return plots;
+}
+
+/* One plot per held-out set; returns how many were written. */
+static int gp_eval_plots(FILE *f, const strata_report_run *runs, size_t n_runs, const char **names,
+                         size_t n_names, char **files)
+{
+    char block[64], title[512];
+    int plots = 0, first;
     for (size_t k = 0; k < n_names; k++) {
         first = 1;
         for (size_t r = 0; r < n_runs; r++) {
@@ -770,7 +771,14 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
         }
     }
 
-    /* Learning rate and throughput: one curve per run. */
+    return plots;
+}
+
+/* Learning rate and throughput, one curve per run; returns the plots written. */
+static int gp_single_plots(FILE *f, const strata_report_run *runs, size_t n_runs)
+{
+    char block[64], title[512];
+    int plots = 0, first;
     static const struct {
         int field;
         const char *file, *title, *ylabel;
@@ -794,6 +802,33 @@ static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_
             plots++;
         }
     }
+    return plots;
+}
+
+static strata_err write_script(FILE *f, const strata_report_run *runs, size_t n_runs, int *n_plots)
+{
+    const char **names = NULL;
+    size_t n_names = 0;
+    STRATA_TRY(eval_names(runs, n_runs, &names, &n_names));
+    char **files = calloc(n_names ? n_names : 1, sizeof *files);
+    if (!files) {
+        free(names);
+        return oom("report");
+    }
+    strata_err e = strata_ok();
+    for (size_t k = 0; k < n_names; k++) {
+        files[k] = plot_name(names[k], files, k);
+        if (!files[k]) {
+            e = oom("report");
+            goto done;
+        }
+    }
+
+    gp_header(f, runs, n_runs);
+    gp_data(f, runs, n_runs, names);
+    int plots = gp_loss_plot(f, runs, n_runs);
+    plots += gp_eval_plots(f, runs, n_runs, names, n_names, files);
+    plots += gp_single_plots(f, runs, n_runs);
     *n_plots = plots;
 done:
     for (size_t k = 0; k < n_names; k++) free(files[k]);

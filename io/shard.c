@@ -487,7 +487,8 @@ static strata_err open_1d(hid_t file, const char *path, const char *name, hid_t 
     return strata_ok();
 }
 
-static strata_err open_checked(strata_shard *s)
+/* The file: a regular HDF5 file that opens read-only. */
+static strata_err open_file(strata_shard *s)
 {
     char why[256];
     const char *path = s->path;
@@ -512,6 +513,14 @@ static strata_err open_checked(strata_shard *s)
     H5Pclose(fapl);
     if (s->file < 0) return strata_errorf(STRATA_EINPUT, "%s: cannot open as HDF5 (%s)", path, why);
 
+    return strata_ok();
+}
+
+/* /tokens: 1-D, unsigned 16 or 32 bits, every bit significant. */
+static strata_err check_tokens_type(strata_shard *s, size_t *esize_out)
+{
+    char why[256];
+    const char *path = s->path;
     int64_t n = 0;
     STRATA_TRY(open_1d(s->file, path, "/tokens", H5P_DEFAULT, &s->dset, &n));
     s->info.n_tokens = n;
@@ -537,7 +546,16 @@ static strata_err open_checked(strata_shard *s)
                              "all %zu bits",
                              path, tn, prec, bitoff, 8 * esize);
     s->info.token_bits = (int)(8 * esize);
+    *esize_out = esize;
+    return strata_ok();
+}
 
+/* Filters available, chunk shape sane, at least two tokens, data stored. */
+static strata_err check_layout(strata_shard *s, size_t esize)
+{
+    char why[256];
+    const char *path = s->path;
+    int64_t n = s->info.n_tokens;
     hid_t dcpl = H5Dget_create_plist(s->dset);
     if (dcpl < 0)
         return strata_errorf(STRATA_EINPUT, "%s: /tokens has unreadable properties (%s)", path,
@@ -557,6 +575,14 @@ static strata_err open_checked(strata_shard *s)
     H5Pclose(dcpl);
     if (e.code) return e;
 
+    return strata_ok();
+}
+
+/* vocab_size, eot_token, format and tokenizer, after h5check has looked at
+ * every attribute message of /tokens (HDF5 decodes them all to find one). */
+static strata_err read_attributes(strata_shard *s, size_t esize)
+{
+    const char *path = s->path;
     /* HDF5 decodes every attribute message of /tokens to find one by name. */
     const char *bad = strata_hdf5_attrs_problem(s->dset, NULL);
     if (bad)
@@ -615,6 +641,15 @@ static strata_err open_checked(strata_shard *s)
         s->info.bos_token = (int)bos;
     }
 
+    return strata_ok();
+}
+
+/* /doc_offsets, when present: 1-D integers, no more than the tokens. */
+static strata_err check_doc_offsets(strata_shard *s)
+{
+    char why[256], tn[64];
+    const char *path = s->path;
+    int64_t n = s->info.n_tokens;
     htri_t has_docs = H5Lexists(s->file, "/doc_offsets", H5P_DEFAULT);
     if (has_docs < 0)
         return strata_errorf(STRATA_EINPUT, "%s: cannot look up /doc_offsets (%s)", path,
@@ -641,6 +676,20 @@ static strata_err open_checked(strata_shard *s)
         s->info.n_docs = nd;
     }
 
+    return strata_ok();
+}
+
+static strata_err open_checked(strata_shard *s)
+{
+    size_t esize = 0;
+    STRATA_TRY(open_file(s));
+    STRATA_TRY(check_tokens_type(s, &esize));
+    STRATA_TRY(check_layout(s, esize));
+    STRATA_TRY(read_attributes(s, esize));
+    STRATA_TRY(check_doc_offsets(s));
+    char why[256];
+    const char *path = s->path;
+    int64_t n = s->info.n_tokens;
     /* Reopen /tokens with a chunk cache sized to its chunks. The access
      * list counts only when the dataset is not open already (a second open
      * shares the first one's cache), hence the close first. */

@@ -310,6 +310,73 @@ static int32_t merge_rank(const strata_tokenizer *t, uint32_t a, uint32_t b)
     }
 }
 
+/* One entry of encoder.json: its id checked, its bytes appended to
+ * tok_bytes and entered in vocab. */
+static strata_err add_token(strata_tokenizer *t, const char *path, const char *key,
+                            const json_t *val, size_t n, const int u2b[324], strtab *vocab,
+                            size_t *bytes_cap, size_t *bytes_n)
+{
+    strata_err e;
+    size_t klen = strlen(key);
+    if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+        json_integer_value(val) >= (json_int_t)n) {
+        e = strata_errorf(STRATA_EINPUT,
+                          "%s: token \"%.80s\" has id %s; ids must be integers 0..%zu", path, key,
+                          json_is_integer(val) ? "out of range" : "not an integer", n - 1);
+        return e;
+    }
+    uint32_t id = (uint32_t)json_integer_value(val);
+    if (t->tok_len[id] != UINT32_MAX) {
+        e = strata_errorf(STRATA_EINPUT, "%s: id %u is given to two tokens", path, id);
+        return e;
+    }
+    if (strata_bpe_grow((void **)&t->tok_bytes, bytes_cap, *bytes_n + klen + 1, 1)) {
+        e = oom();
+        return e;
+    }
+    long blen = token_to_bytes(key, klen, u2b, t->tok_bytes + *bytes_n);
+    if (blen <= 0) {
+        e = strata_errorf(STRATA_EINPUT,
+                          "%s: token \"%.80s\" is not in GPT-2's byte-level alphabet", path, key);
+        return e;
+    }
+    uint64_t h = hash_bytes(t->tok_bytes + *bytes_n, (size_t)blen);
+    if (strtab_find(vocab, t->tok_bytes + *bytes_n, (size_t)blen, h)) {
+        e = strata_errorf(STRATA_EINPUT, "%s: token \"%.80s\" appears twice", path, key);
+        return e;
+    }
+    strtab_slot *s = strtab_add(vocab, t->tok_bytes + *bytes_n, (size_t)blen, h);
+    if (!s) {
+        e = oom();
+        return e;
+    }
+    s->v0 = id;
+    t->tok_off[id] = (uint32_t)*bytes_n;
+    t->tok_len[id] = (uint32_t)blen;
+    *bytes_n += (size_t)blen;
+    return strata_ok();
+}
+
+/* The id of every single byte (BPE starts from them) and of <|endoftext|>. */
+static strata_err find_specials(strata_tokenizer *t, const char *path, const strtab *vocab)
+{
+    strata_err e;
+    for (int b = 0; b < 256; b++) {
+        uint8_t c = (uint8_t)b;
+        strtab_slot *s = strtab_find(vocab, &c, 1, hash_bytes(&c, 1));
+        if (!s) {
+            e = strata_errorf(STRATA_EINPUT, "%s: no token for byte 0x%02x", path, b);
+            return e;
+        }
+        t->byte_id[b] = s->v0;
+    }
+    static const char eot[] = "<|endoftext|>";
+    strtab_slot *s = strtab_find(vocab, (const uint8_t *)eot, sizeof eot - 1,
+                                 hash_bytes((const uint8_t *)eot, sizeof eot - 1));
+    t->eot = s ? (int)s->v0 : -1;
+    return strata_ok();
+}
+
 static strata_err load_encoder(strata_tokenizer *t, const char *path, const int u2b[324],
                                strtab *vocab)
 {
@@ -347,58 +414,10 @@ static strata_err load_encoder(strata_tokenizer *t, const char *path, const int 
     json_t *val;
     json_object_foreach(root, key, val)
     {
-        size_t klen = strlen(key);
-        if (!json_is_integer(val) || json_integer_value(val) < 0 ||
-            json_integer_value(val) >= (json_int_t)n) {
-            e = strata_errorf(STRATA_EINPUT,
-                              "%s: token \"%.80s\" has id %s; ids must be integers 0..%zu", path,
-                              key, json_is_integer(val) ? "out of range" : "not an integer", n - 1);
-            goto done;
-        }
-        uint32_t id = (uint32_t)json_integer_value(val);
-        if (t->tok_len[id] != UINT32_MAX) {
-            e = strata_errorf(STRATA_EINPUT, "%s: id %u is given to two tokens", path, id);
-            goto done;
-        }
-        if (strata_bpe_grow((void **)&t->tok_bytes, &bytes_cap, bytes_n + klen + 1, 1)) {
-            e = oom();
-            goto done;
-        }
-        long blen = token_to_bytes(key, klen, u2b, t->tok_bytes + bytes_n);
-        if (blen <= 0) {
-            e = strata_errorf(STRATA_EINPUT,
-                              "%s: token \"%.80s\" is not in GPT-2's byte-level alphabet", path,
-                              key);
-            goto done;
-        }
-        uint64_t h = hash_bytes(t->tok_bytes + bytes_n, (size_t)blen);
-        if (strtab_find(vocab, t->tok_bytes + bytes_n, (size_t)blen, h)) {
-            e = strata_errorf(STRATA_EINPUT, "%s: token \"%.80s\" appears twice", path, key);
-            goto done;
-        }
-        strtab_slot *s = strtab_add(vocab, t->tok_bytes + bytes_n, (size_t)blen, h);
-        if (!s) {
-            e = oom();
-            goto done;
-        }
-        s->v0 = id;
-        t->tok_off[id] = (uint32_t)bytes_n;
-        t->tok_len[id] = (uint32_t)blen;
-        bytes_n += (size_t)blen;
+        e = add_token(t, path, key, val, n, u2b, vocab, &bytes_cap, &bytes_n);
+        if (e.code) goto done;
     }
-    for (int b = 0; b < 256; b++) {
-        uint8_t c = (uint8_t)b;
-        strtab_slot *s = strtab_find(vocab, &c, 1, hash_bytes(&c, 1));
-        if (!s) {
-            e = strata_errorf(STRATA_EINPUT, "%s: no token for byte 0x%02x", path, b);
-            goto done;
-        }
-        t->byte_id[b] = s->v0;
-    }
-    static const char eot[] = "<|endoftext|>";
-    strtab_slot *s = strtab_find(vocab, (const uint8_t *)eot, sizeof eot - 1,
-                                 hash_bytes((const uint8_t *)eot, sizeof eot - 1));
-    t->eot = s ? (int)s->v0 : -1;
+    e = find_specials(t, path, vocab);
 done:
     json_decref(root);
     return e;
@@ -429,6 +448,62 @@ static strata_err read_file(const char *path, char **out, size_t *len)
     buf[n] = 0;
     *out = buf;
     *len = n;
+    return strata_ok();
+}
+
+/* One merge line "a b" of vocab.bpe (a blank line is none): both tokens
+ * and their concatenation must be in the vocabulary; ranks follow the file. */
+static strata_err merge_line(strata_tokenizer *t, const char *path, int lineno, char *cur,
+                             const int u2b[324], const strtab *vocab, uint8_t *buf)
+{
+    strata_err e;
+    char *fields[3] = {0};
+    int nf = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(cur, " \t\r", &save); tok; tok = strtok_r(NULL, " \t\r", &save))
+        if (nf < 3) fields[nf++] = tok;
+    if (nf == 0) return strata_ok();
+    if (nf != 2) {
+        e = strata_errorf(STRATA_EINPUT, "%s:%d: expected two tokens separated by a space", path,
+                          lineno);
+        return e;
+    }
+    uint32_t ids[3];
+    long la = token_to_bytes(fields[0], strlen(fields[0]), u2b, buf);
+    long lb = la > 0 ? token_to_bytes(fields[1], strlen(fields[1]), u2b, buf + la) : -1;
+    if (la <= 0 || lb <= 0) {
+        e = strata_errorf(STRATA_EINPUT, "%s:%d: \"%.80s\" is not in GPT-2's byte-level alphabet",
+                          path, lineno, la <= 0 ? fields[0] : fields[1]);
+        return e;
+    }
+    const uint8_t *parts[3] = {buf, buf + la, buf};
+    const long plen[3] = {la, lb, la + lb};
+    for (int k = 0; k < 3; k++) {
+        strtab_slot *s =
+            strtab_find(vocab, parts[k], (size_t)plen[k], hash_bytes(parts[k], (size_t)plen[k]));
+        if (!s && k < 2) {
+            e = strata_errorf(STRATA_EINPUT, "%s:%d: token \"%.80s\" is not in encoder.json", path,
+                              lineno, fields[k]);
+            return e;
+        }
+        if (!s) {
+            e = strata_errorf(STRATA_EINPUT,
+                              "%s:%d: merged token \"%.80s%.80s\" is not in encoder.json", path,
+                              lineno, fields[0], fields[1]);
+            return e;
+        }
+        ids[k] = s->v0;
+    }
+    /* A pair listed twice keeps its last rank, as the reference's dict does. */
+    int32_t rank = t->n_merges++;
+    t->merge_a[rank] = ids[0];
+    t->merge_b[rank] = ids[1];
+    t->merge_out[rank] = ids[2];
+    uint64_t k = pair_key(ids[0], ids[1]);
+    size_t mask = t->merges_cap - 1, i = strata_bpe_pair_hash(k) & mask;
+    while (t->merges[i].pair != UINT64_MAX && t->merges[i].pair != k) i = (i + 1) & mask;
+    t->merges[i].pair = k;
+    t->merges[i].rank = rank;
     return strata_ok();
 }
 
@@ -473,54 +548,8 @@ static strata_err load_merges(strata_tokenizer *t, const char *path, const int u
             }
             continue;
         }
-        char *fields[3] = {0};
-        int nf = 0;
-        char *save = NULL;
-        for (char *tok = strtok_r(cur, " \t\r", &save); tok; tok = strtok_r(NULL, " \t\r", &save))
-            if (nf < 3) fields[nf++] = tok;
-        if (nf == 0) continue;
-        if (nf != 2) {
-            e = strata_errorf(STRATA_EINPUT, "%s:%d: expected two tokens separated by a space",
-                              path, lineno);
-            goto done;
-        }
-        uint32_t ids[3];
-        long la = token_to_bytes(fields[0], strlen(fields[0]), u2b, buf);
-        long lb = la > 0 ? token_to_bytes(fields[1], strlen(fields[1]), u2b, buf + la) : -1;
-        if (la <= 0 || lb <= 0) {
-            e = strata_errorf(STRATA_EINPUT,
-                              "%s:%d: \"%.80s\" is not in GPT-2's byte-level alphabet", path,
-                              lineno, la <= 0 ? fields[0] : fields[1]);
-            goto done;
-        }
-        const uint8_t *parts[3] = {buf, buf + la, buf};
-        const long plen[3] = {la, lb, la + lb};
-        for (int k = 0; k < 3; k++) {
-            strtab_slot *s = strtab_find(vocab, parts[k], (size_t)plen[k],
-                                         hash_bytes(parts[k], (size_t)plen[k]));
-            if (!s && k < 2) {
-                e = strata_errorf(STRATA_EINPUT, "%s:%d: token \"%.80s\" is not in encoder.json",
-                                  path, lineno, fields[k]);
-                goto done;
-            }
-            if (!s) {
-                e = strata_errorf(STRATA_EINPUT,
-                                  "%s:%d: merged token \"%.80s%.80s\" is not in encoder.json", path,
-                                  lineno, fields[0], fields[1]);
-                goto done;
-            }
-            ids[k] = s->v0;
-        }
-        /* A pair listed twice keeps its last rank, as the reference's dict does. */
-        int32_t rank = t->n_merges++;
-        t->merge_a[rank] = ids[0];
-        t->merge_b[rank] = ids[1];
-        t->merge_out[rank] = ids[2];
-        uint64_t k = pair_key(ids[0], ids[1]);
-        size_t mask = t->merges_cap - 1, i = strata_bpe_pair_hash(k) & mask;
-        while (t->merges[i].pair != UINT64_MAX && t->merges[i].pair != k) i = (i + 1) & mask;
-        t->merges[i].pair = k;
-        t->merges[i].rank = rank;
+        e = merge_line(t, path, lineno, cur, u2b, vocab, buf);
+        if (e.code) goto done;
     }
     if (lineno == 0) e = strata_errorf(STRATA_EINPUT, "%s: empty file", path);
 done:
@@ -615,17 +644,7 @@ strata_err strata_tokenizer_hf(strata_tokenizer **out, const char *tokenizer_jso
  * token is longer than either part), so a round never grows while it runs. */
 static long bpe_piece(strata_tokenizer *t, const uint8_t *s, size_t n)
 {
-    if (n > t->scratch_cap) {
-        size_t cap = n < 64 ? 64 : 2 * n;
-        uint32_t *sy = realloc(t->sym, cap * sizeof *sy);
-        if (sy) t->sym = sy;
-        int32_t *p = sy ? realloc(t->prev, cap * sizeof *p) : NULL;
-        if (p) t->prev = p;
-        int32_t *q = p ? realloc(t->next, cap * sizeof *q) : NULL;
-        if (q) t->next = q;
-        if (!q) return -1;
-        t->scratch_cap = cap;
-    }
+    if (strata_bpe_grow_symbols(&t->sym, &t->prev, &t->next, &t->scratch_cap, n)) return -1;
     if (strata_bpe_grow((void **)&t->word, &t->word_cap, n, sizeof *t->word)) return -1;
 
     uint32_t *sym = t->sym;

@@ -78,17 +78,7 @@ int strata_hfi_model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_toke
         stab_slot *hit = strata_hfi_stab_find(&h->cache, s, n, hash);
         if (hit) return strata_hfi_push_ids(out, h->cache_ids + hit->v0, hit->v1) ? HF_OOM : 0;
     }
-    if (n > h->scratch_cap) {
-        size_t cap = n < 64 ? 64 : 2 * n;
-        uint32_t *sy = realloc(h->sym, cap * sizeof *sy);
-        if (sy) h->sym = sy;
-        int32_t *p = sy ? realloc(h->prev, cap * sizeof *p) : NULL;
-        if (p) h->prev = p;
-        int32_t *q = p ? realloc(h->next, cap * sizeof *q) : NULL;
-        if (q) h->next = q;
-        if (!q) return HF_OOM;
-        h->scratch_cap = cap;
-    }
+    if (strata_bpe_grow_symbols(&h->sym, &h->prev, &h->next, &h->scratch_cap, n)) return HF_OOM;
     size_t m = 0;
     long w;
     if (h->ignore_merges && strata_hfi_stab_get(&h->vocab, s, n, &id)) {

@@ -248,4 +248,13 @@ int strata_hfi_model_piece(strata_hf *h, const uint8_t *s, size_t n, strata_toke
 
 void strata_hfi_doc_reset(strata_hf *h);
 
+/* Loads one pipeline stage (a normalizer, pre-tokenizer, decoder or
+ * post-processor) n found at jpath, depth levels of Sequence down. */
+typedef strata_err (*strata_hfi_stage_fn)(strata_hf *h, const json_t *n, const char *jpath,
+                                          int depth);
+strata_err strata_hfi_stage_type(const strata_hf *h, const json_t *n, const char *jpath,
+                                 const char *what, const char **type);
+strata_err strata_hfi_sequence(strata_hf *h, const json_t *n, const char *jpath, const char *key,
+                               int depth, strata_hfi_stage_fn add);
+
 #endif

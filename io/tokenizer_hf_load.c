@@ -28,6 +28,33 @@ strata_err strata_hfi_bad(const strata_hf *h, const char *jpath, const char *fmt
     return strata_errorf(STRATA_EINPUT, "%s: %s: %s", h->path, jpath, msg);
 }
 
+/* The "type" of the pipeline stage n at jpath (what: "a decoder", ...). */
+strata_err strata_hfi_stage_type(const strata_hf *h, const json_t *n, const char *jpath,
+                                 const char *what, const char **type)
+{
+    const json_t *t = json_object_get(n, "type");
+    if (!json_is_object(n) || !json_is_string(t))
+        return strata_hfi_bad(h, jpath, "%s must be an object with a \"type\"", what);
+    *type = json_string_value(t);
+    return strata_ok();
+}
+
+/* A Sequence stage: every member of n[key] through add, one level deeper
+ * (at most 4 levels: a deeper file is refused rather than recursed into). */
+strata_err strata_hfi_sequence(strata_hf *h, const json_t *n, const char *jpath, const char *key,
+                               int depth, strata_hfi_stage_fn add)
+{
+    const json_t *arr = json_object_get(n, key);
+    if (!json_is_array(arr) || depth > 4)
+        return strata_hfi_bad(h, jpath, "Sequence needs a \"%s\" array", key);
+    char sub[256];
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", jpath, key, i);
+        STRATA_TRY(add(h, json_array_get(arr, i), sub, depth + 1));
+    }
+    return strata_ok();
+}
+
 /* A JSON value that is absent or null. */
 int strata_hfi_is_none(const json_t *v) { return !v || json_is_null(v); }
 
@@ -140,7 +167,9 @@ static const char *merge_path(char buf[64], size_t i)
     return buf;
 }
 
-static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, int u2b[324])
+/* model.vocab (into by_str as written, into h->vocab as BPE sees it: raw
+ * bytes for byte-level models), the byte tokens, byte fallback and unk. */
+static strata_err load_vocab(strata_hf *h, const json_t *model, stab *by_str, int u2b[324])
 {
     json_t *vocab = json_object_get(model, "vocab");
     const char *key;
@@ -194,6 +223,37 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
         h->unk = (int32_t)id;
     }
 
+    return strata_ok();
+}
+
+/* The two tokens of merge m, "a b" or ["a", "b"]; NULL, or the problem. */
+static const char *merge_parts(const json_t *m, const char **a, size_t *la, const char **b,
+                               size_t *lb)
+{
+    if (json_is_string(m)) {
+        *a = json_string_value(m);
+        const char *sp = memchr(*a, ' ', json_string_length(m));
+        if (!sp || memchr(sp + 1, ' ', json_string_length(m) - (size_t)(sp + 1 - *a)))
+            return "a merge must be two tokens separated by one space";
+        *la = (size_t)(sp - *a);
+        *b = sp + 1;
+        *lb = json_string_length(m) - *la - 1;
+        return NULL;
+    }
+    if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+        json_is_string(json_array_get(m, 1))) {
+        *a = json_string_value(json_array_get(m, 0));
+        *la = json_string_length(json_array_get(m, 0));
+        *b = json_string_value(json_array_get(m, 1));
+        *lb = json_string_length(json_array_get(m, 1));
+        return NULL;
+    }
+    return "a merge must be \"a b\" or [\"a\", \"b\"]";
+}
+
+/* model.merges, in rank order, into the pair table. */
+static strata_err load_merges(strata_hf *h, const json_t *model, const stab *by_str)
+{
     json_t *merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) return strata_hfi_bad(h, "model.merges", "must be an array");
     size_t nm = json_array_size(merges);
@@ -213,25 +273,9 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
         json_t *m = json_array_get(merges, i);
         const char *a, *b;
         size_t la, lb;
-        if (json_is_string(m)) {
-            a = json_string_value(m);
-            const char *sp = memchr(a, ' ', json_string_length(m));
-            if (!sp || memchr(sp + 1, ' ', json_string_length(m) - (size_t)(sp + 1 - a))) {
-                e = strata_hfi_bad(h, merge_path(mp, i),
-                                   "a merge must be two tokens separated by one space");
-                break;
-            }
-            la = (size_t)(sp - a);
-            b = sp + 1;
-            lb = json_string_length(m) - la - 1;
-        } else if (json_is_array(m) && json_array_size(m) == 2 &&
-                   json_is_string(json_array_get(m, 0)) && json_is_string(json_array_get(m, 1))) {
-            a = json_string_value(json_array_get(m, 0));
-            la = json_string_length(json_array_get(m, 0));
-            b = json_string_value(json_array_get(m, 1));
-            lb = json_string_length(json_array_get(m, 1));
-        } else {
-            e = strata_hfi_bad(h, merge_path(mp, i), "a merge must be \"a b\" or [\"a\", \"b\"]");
+        const char *why = merge_parts(m, &a, &la, &b, &lb);
+        if (why) {
+            e = strata_hfi_bad(h, merge_path(mp, i), "%s", why);
             break;
         }
         uint32_t ia, ib, iab;
@@ -263,6 +307,12 @@ static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, in
     }
     free(cat.p);
     return e;
+}
+
+static strata_err load_model(strata_hf *h, const json_t *model, stab *by_str, int u2b[324])
+{
+    STRATA_TRY(load_vocab(h, model, by_str, u2b));
+    return load_merges(h, model, by_str);
 }
 
 static strata_err load_added(strata_hf *h, const json_t *added)
@@ -314,25 +364,12 @@ static strata_err load_added(strata_hf *h, const json_t *added)
 static strata_err load_post(strata_hf *h, const json_t *p, const char *jpath, int depth)
 {
     if (strata_hfi_is_none(p)) return strata_ok();
-    json_t *type = json_object_get(p, "type");
-    if (!json_is_object(p) || !json_is_string(type))
-        return strata_hfi_bad(h, jpath, "a post-processor must be an object with a \"type\"");
-    const char *t = json_string_value(type);
+    const char *t = NULL;
+    STRATA_TRY(strata_hfi_stage_type(h, p, jpath, "a post-processor", &t));
     char sub[256];
     if (!strcmp(t, "ByteLevel")) return strata_ok(); /* offsets only */
-    if (!strcmp(t, "Sequence")) {
-        json_t *arr = json_object_get(p, "processors");
-        if (!json_is_array(arr) || depth > 4)
-            return strata_hfi_bad(h, jpath, "Sequence needs a \"processors\" array");
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", jpath, i);
-            STRATA_TRY(load_post(h, v, sub, depth + 1));
-        }
-        return strata_ok();
-    }
+    if (!strcmp(t, "Sequence"))
+        return strata_hfi_sequence(h, p, jpath, "processors", depth, load_post);
     if (strcmp(t, "TemplateProcessing"))
         return strata_hfi_bad(
             h, jpath,
@@ -414,19 +451,12 @@ static strata_err read_file(const char *path, uint8_t **out, size_t *len)
     return strata_ok();
 }
 
-static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
+/* The top level, the model's kind and options, and the pipeline's stages. */
+static strata_err load_options(strata_hf *h, const json_t *root, const json_t *model,
+                               const json_t *vocab, const json_t *added)
 {
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        if (jerr.line < 0) return strata_errorf(STRATA_EINPUT, "%s: %s", h->path, jerr.text);
-        return strata_errorf(STRATA_EINPUT, "%s:%d:%d: not valid JSON: %s", h->path, jerr.line,
-                             jerr.column, jerr.text);
-    }
     strata_err e = strata_ok();
-    stab by_str = {0};
-    json_t *model = json_object_get(root, "model"), *added = json_object_get(root, "added_tokens");
-    json_t *vocab = json_object_get(model, "vocab"), *type = json_object_get(model, "type");
+    const json_t *type = json_object_get(model, "type");
     if (!json_is_object(root)) {
         e = strata_hfi_bad(h, "(top)", "expected a JSON object (a Hugging Face tokenizer.json)");
     } else if (!json_is_object(model)) {
@@ -442,33 +472,86 @@ static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
     } else if (!strata_hfi_is_none(added) && !json_is_array(added)) {
         e = strata_hfi_bad(h, "added_tokens", "must be an array");
     }
-    if (e.code) goto done;
+    if (e.code) return e;
     json_t *dropout = json_object_get(model, "dropout");
     if (!strata_hfi_is_none(dropout) &&
         !(json_is_number(dropout) && json_number_value(dropout) == 0)) {
         e = strata_hfi_bad(h, "model.dropout",
                            "BPE dropout is not supported (it makes encoding random)");
-        goto done;
+        return e;
     }
     static const char *const affix[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (int i = 0; i < 2; i++) {
         json_t *v = json_object_get(model, affix[i]);
         if (!strata_hfi_is_none(v) && !(json_is_string(v) && json_string_length(v) == 0)) {
             e = strata_hfi_bad(h, "model", "\"%s\" is not supported", affix[i]);
-            goto done;
+            return e;
         }
     }
     if ((e = strata_hfi_get_bool(h, model, "model", "byte_fallback", 0, &h->byte_fallback)).code ||
         (e = strata_hfi_get_bool(h, model, "model", "fuse_unk", 0, &h->fuse_unk)).code ||
         (e = strata_hfi_get_bool(h, model, "model", "ignore_merges", 0, &h->ignore_merges)).code)
-        goto done;
+        return e;
     if ((e = strata_hfi_add_normalizer(h, json_object_get(root, "normalizer"), "normalizer", 0))
             .code ||
         (e = strata_hfi_add_pretokenizer(h, json_object_get(root, "pre_tokenizer"), "pre_tokenizer",
                                          0))
             .code ||
         (e = strata_hfi_add_decoder(h, json_object_get(root, "decoder"), "decoder", 0)).code)
-        goto done;
+        return e;
+    return strata_ok();
+}
+
+/* Document boundaries (docs/DESIGN.md): the post-processor's template,
+ * else <|begin_of_text|> before each document, else the EOS before it. */
+static void pick_boundaries(strata_hf *h)
+{
+    uint32_t id;
+    h->bos = h->eos = -1;
+    if (h->n_lead || h->n_tail) {
+        if (h->n_lead) h->bos = (int)h->lead[0];
+        if (h->n_tail) h->eos = (int)h->tail[h->n_tail - 1];
+    } else if (added_id(h, "<|begin_of_text|>", &id)) {
+        h->lead[h->n_lead++] = id;
+        h->bos = (int)id;
+    } else if (added_id(h, "<|endoftext|>", &id) || added_id(h, "<|end_of_text|>", &id) ||
+               added_id(h, "</s>", &id)) {
+        h->lead[h->n_lead++] = id;
+        h->eos = (int)id;
+    }
+}
+
+/* A model without pre-tokenizer may cut a long segment before a metaspace
+ * when no token holds one after its leading metaspaces. */
+static void check_metaspace(strata_hf *h)
+{
+    uint32_t id;
+    if (!h->n_pre && !h->byte_level && strata_hfi_stab_get(&h->vocab, "\xE2\x96\x81", 3, &id)) {
+        h->cut_at_metaspace = 1;
+        for (int t = 0; t < h->vocab_size && h->cut_at_metaspace; t++) {
+            const char *ts = h->tstr[t];
+            if (!ts) continue;
+            size_t tl = h->tstr_len[t], k = 0;
+            while (k + 3 <= tl && !memcmp(ts + k, "\xE2\x96\x81", 3)) k += 3;
+            if (k < tl && memmem(ts + k, tl - k, "\xE2\x96\x81", 3)) h->cut_at_metaspace = 0;
+        }
+    }
+}
+
+static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        if (jerr.line < 0) return strata_errorf(STRATA_EINPUT, "%s: %s", h->path, jerr.text);
+        return strata_errorf(STRATA_EINPUT, "%s:%d:%d: not valid JSON: %s", h->path, jerr.line,
+                             jerr.column, jerr.text);
+    }
+    strata_err e = strata_ok();
+    stab by_str = {0};
+    json_t *model = json_object_get(root, "model"), *added = json_object_get(root, "added_tokens");
+    json_t *vocab = json_object_get(model, "vocab");
+    if ((e = load_options(h, root, model, vocab, added)).code) goto done;
     json_int_t max_id;
     json_t *no_added = json_array();
     e = scan_ids(h, vocab, strata_hfi_is_none(added) ? no_added : added, &max_id);
@@ -489,29 +572,8 @@ static strata_err load(strata_hf *h, const uint8_t *text, size_t len)
     if (!strata_hfi_is_none(added) && (e = load_added(h, added)).code) goto done;
     if ((e = load_post(h, json_object_get(root, "post_processor"), "post_processor", 0)).code)
         goto done;
-    uint32_t id;
-    h->bos = h->eos = -1;
-    if (h->n_lead || h->n_tail) {
-        if (h->n_lead) h->bos = (int)h->lead[0];
-        if (h->n_tail) h->eos = (int)h->tail[h->n_tail - 1];
-    } else if (added_id(h, "<|begin_of_text|>", &id)) {
-        h->lead[h->n_lead++] = id;
-        h->bos = (int)id;
-    } else if (added_id(h, "<|endoftext|>", &id) || added_id(h, "<|end_of_text|>", &id) ||
-               added_id(h, "</s>", &id)) {
-        h->lead[h->n_lead++] = id;
-        h->eos = (int)id;
-    }
-    if (!h->n_pre && !h->byte_level && strata_hfi_stab_get(&h->vocab, "\xE2\x96\x81", 3, &id)) {
-        h->cut_at_metaspace = 1;
-        for (int t = 0; t < h->vocab_size && h->cut_at_metaspace; t++) {
-            const char *ts = h->tstr[t];
-            if (!ts) continue;
-            size_t tl = h->tstr_len[t], k = 0;
-            while (k + 3 <= tl && !memcmp(ts + k, "\xE2\x96\x81", 3)) k += 3;
-            if (k < tl && memmem(ts + k, tl - k, "\xE2\x96\x81", 3)) h->cut_at_metaspace = 0;
-        }
-    }
+    pick_boundaries(h);
+    check_metaspace(h);
     e = strata_hfi_make_surfaces(h);
 done:
     strata_hfi_stab_free(&by_str);

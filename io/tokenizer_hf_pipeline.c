@@ -149,27 +149,33 @@ static strata_err get_pattern(const strata_hf *h, const json_t *o, const char *j
     return strata_ok();
 }
 
+/* A Replace stage (normalizer or decoder): a non-empty string pattern and
+ * its content, copied into *a and *b. */
+static strata_err get_replace(const strata_hf *h, const json_t *n, const char *jpath, char **a,
+                              size_t *alen, char **b, size_t *blen)
+{
+    const char *s, *c;
+    size_t len, clen;
+    int is_regex;
+    STRATA_TRY(get_pattern(h, n, jpath, &s, &len, &is_regex));
+    if (is_regex) return strata_hfi_bad(h, jpath, "Replace with a Regex pattern is not supported");
+    if (!len) return strata_hfi_bad(h, jpath, "Replace with an empty pattern");
+    STRATA_TRY(strata_hfi_get_str(h, n, jpath, "content", &c, &clen));
+    *a = strata_hfi_dup_n(s, len);
+    *b = strata_hfi_dup_n(c, clen);
+    *alen = len;
+    *blen = clen;
+    if (!*a || !*b) return strata_hfi_oom();
+    return strata_ok();
+}
+
 strata_err strata_hfi_add_normalizer(strata_hf *h, const json_t *n, const char *jpath, int depth)
 {
     if (strata_hfi_is_none(n)) return strata_ok();
-    json_t *type = json_object_get(n, "type");
-    if (!json_is_object(n) || !json_is_string(type))
-        return strata_hfi_bad(h, jpath, "a normalizer must be an object with a \"type\"");
-    const char *t = json_string_value(type);
-    char sub[256];
-    if (!strcmp(t, "Sequence")) {
-        json_t *arr = json_object_get(n, "normalizers");
-        if (!json_is_array(arr) || depth > 4)
-            return strata_hfi_bad(h, jpath, "Sequence needs a \"normalizers\" array");
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", jpath, i);
-            STRATA_TRY(strata_hfi_add_normalizer(h, v, sub, depth + 1));
-        }
-        return strata_ok();
-    }
+    const char *t = NULL;
+    STRATA_TRY(strata_hfi_stage_type(h, n, jpath, "a normalizer", &t));
+    if (!strcmp(t, "Sequence"))
+        return strata_hfi_sequence(h, n, jpath, "normalizers", depth, strata_hfi_add_normalizer);
     if (h->n_norm == MAX_NORM)
         return strata_hfi_bad(h, jpath, "more than %d normalizers", MAX_NORM);
     norm_step *st = &h->norm[h->n_norm];
@@ -186,20 +192,8 @@ strata_err strata_hfi_add_normalizer(strata_hf *h, const json_t *n, const char *
         st->alen = len;
         if (!st->a) return strata_hfi_oom();
     } else if (!strcmp(t, "Replace")) {
-        const char *s, *c;
-        size_t len, clen;
-        int is_regex;
-        STRATA_TRY(get_pattern(h, n, jpath, &s, &len, &is_regex));
-        if (is_regex)
-            return strata_hfi_bad(h, jpath, "Replace with a Regex pattern is not supported");
-        if (!len) return strata_hfi_bad(h, jpath, "Replace with an empty pattern");
-        STRATA_TRY(strata_hfi_get_str(h, n, jpath, "content", &c, &clen));
         st->type = NM_REPLACE;
-        st->a = strata_hfi_dup_n(s, len);
-        st->b = strata_hfi_dup_n(c, clen);
-        st->alen = len;
-        st->blen = clen;
-        if (!st->a || !st->b) return strata_hfi_oom();
+        STRATA_TRY(get_replace(h, n, jpath, &st->a, &st->alen, &st->b, &st->blen));
     } else {
         return strata_hfi_bad(h, jpath,
                               "normalizer type \"%.60s\" is not supported (NFC, Prepend, Replace, "
@@ -252,24 +246,11 @@ static const char gpt2_pattern[] =
 strata_err strata_hfi_add_pretokenizer(strata_hf *h, const json_t *n, const char *jpath, int depth)
 {
     if (strata_hfi_is_none(n)) return strata_ok();
-    json_t *type = json_object_get(n, "type");
-    if (!json_is_object(n) || !json_is_string(type))
-        return strata_hfi_bad(h, jpath, "a pre-tokenizer must be an object with a \"type\"");
-    const char *t = json_string_value(type);
-    char sub[256];
-    if (!strcmp(t, "Sequence")) {
-        json_t *arr = json_object_get(n, "pretokenizers");
-        if (!json_is_array(arr) || depth > 4)
-            return strata_hfi_bad(h, jpath, "Sequence needs a \"pretokenizers\" array");
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", jpath, i);
-            STRATA_TRY(strata_hfi_add_pretokenizer(h, v, sub, depth + 1));
-        }
-        return strata_ok();
-    }
+    const char *t = NULL;
+    STRATA_TRY(strata_hfi_stage_type(h, n, jpath, "a pre-tokenizer", &t));
+    if (!strcmp(t, "Sequence"))
+        return strata_hfi_sequence(h, n, jpath, "pretokenizers", depth,
+                                   strata_hfi_add_pretokenizer);
     if (h->n_pre == MAX_PRE)
         return strata_hfi_bad(h, jpath, "more than %d pre-tokenizers", MAX_PRE);
     pre_step *st = &h->pre[h->n_pre];
@@ -329,25 +310,11 @@ strata_err strata_hfi_add_pretokenizer(strata_hf *h, const json_t *n, const char
 strata_err strata_hfi_add_decoder(strata_hf *h, const json_t *n, const char *jpath, int depth)
 {
     if (strata_hfi_is_none(n)) return strata_ok();
-    json_t *type = json_object_get(n, "type");
-    if (!json_is_object(n) || !json_is_string(type))
-        return strata_hfi_bad(h, jpath, "a decoder must be an object with a \"type\"");
-    const char *t = json_string_value(type);
-    char sub[256];
+    const char *t = NULL;
+    STRATA_TRY(strata_hfi_stage_type(h, n, jpath, "a decoder", &t));
     h->has_decoder = 1;
-    if (!strcmp(t, "Sequence")) {
-        json_t *arr = json_object_get(n, "decoders");
-        if (!json_is_array(arr) || depth > 4)
-            return strata_hfi_bad(h, jpath, "Sequence needs a \"decoders\" array");
-        size_t i;
-        json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", jpath, i);
-            STRATA_TRY(strata_hfi_add_decoder(h, v, sub, depth + 1));
-        }
-        return strata_ok();
-    }
+    if (!strcmp(t, "Sequence"))
+        return strata_hfi_sequence(h, n, jpath, "decoders", depth, strata_hfi_add_decoder);
     if (h->n_dec == MAX_DEC) return strata_hfi_bad(h, jpath, "more than %d decoders", MAX_DEC);
     dec_step *st = &h->dec[h->n_dec];
     memset(st, 0, sizeof *st);
@@ -358,20 +325,8 @@ strata_err strata_hfi_add_decoder(strata_hf *h, const json_t *n, const char *jpa
     } else if (!strcmp(t, "Fuse")) {
         st->type = DC_FUSE;
     } else if (!strcmp(t, "Replace")) {
-        const char *s, *c;
-        size_t len, clen;
-        int is_regex;
-        STRATA_TRY(get_pattern(h, n, jpath, &s, &len, &is_regex));
-        if (is_regex)
-            return strata_hfi_bad(h, jpath, "Replace with a Regex pattern is not supported");
-        if (!len) return strata_hfi_bad(h, jpath, "Replace with an empty pattern");
-        STRATA_TRY(strata_hfi_get_str(h, n, jpath, "content", &c, &clen));
         st->type = DC_REPLACE;
-        st->a = strata_hfi_dup_n(s, len);
-        st->b = strata_hfi_dup_n(c, clen);
-        st->alen = len;
-        st->blen = clen;
-        if (!st->a || !st->b) return strata_hfi_oom();
+        STRATA_TRY(get_replace(h, n, jpath, &st->a, &st->alen, &st->b, &st->blen));
     } else if (!strcmp(t, "Strip")) {
         const char *c;
         size_t clen;
