@@ -9,6 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "strata/log.h"
+#include "strata/tree_sum.h"
+
 struct strata_comm {
     int rank, size, local_size;
     int serialized; /* MPI_THREAD_SERIALIZED: a progress thread may call MPI */
@@ -87,12 +90,17 @@ strata_err strata_comm_agree_error(strata_comm *c, strata_err e)
 _Noreturn void strata_comm_abort(strata_comm *c, int code, const char *msg)
 {
     if (c && c->size > 1)
-        fprintf(stderr, "strata: rank %d (%s): %s\n", c->rank, c->host, msg);
+        strata_log(STRATA_LOG_FATAL, "rank %d (%s): %s", c->rank, c->host, msg);
     else
-        fprintf(stderr, "strata: %s\n", msg);
-    fflush(stderr);
+        strata_log(STRATA_LOG_FATAL, "%s", msg);
     if (c && c->size > 1) MPI_Abort(MPI_COMM_WORLD, code);
     _exit(code);
+}
+
+strata_err strata_comm_local_error(strata_comm *c, strata_err e)
+{
+    if (e.code && c->size > 1) strata_comm_abort(c, e.code, e.msg);
+    return e;
 }
 
 int strata_comm_agree(strata_comm *c, int flags)
@@ -201,7 +209,7 @@ void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
  * of its shard of the bucket, rank r adds those W parts along the tree, and
  * (without ZeRO) an all-gather returns the sums to everyone. That moves as
  * many bytes as a ring all-reduce, and the trainer sums micro-batches along
- * the same tree, so a run's gradients, and so its parameters, come out
+ * the same tree (tree_sum.h, the one implementation of it), so a run's gradients, and so its parameters, come out
  * bitwise the same on any number of ranks whenever the micro-batches per
  * rank are a power of two (one, typically). */
 
@@ -248,30 +256,6 @@ struct strata_grad_sync {
     double first_start;
     progress_thread *progress; /* NULL: driven by MPI_Test from backward */
 };
-
-static size_t largest_pow2_below(size_t n)
-{
-    size_t p = 1;
-    while (p * 2 < n) p *= 2;
-    return p;
-}
-
-/* parts[lo] = the tree sum of parts[lo .. hi), each n floats apart. The
- * progress thread adds serially: an OpenMP team of its own would compete
- * with backward's for the cores. */
-static void tree_sum(float *parts, size_t n, int lo, int hi, int threaded)
-{
-    if (hi - lo < 2) return;
-    int mid = lo + (int)largest_pow2_below((size_t)(hi - lo));
-    tree_sum(parts, n, lo, mid, threaded);
-    tree_sum(parts, n, mid, hi, threaded);
-    float *a = parts + (size_t)lo * n;
-    const float *b = parts + (size_t)mid * n;
-#pragma omp parallel for schedule(static) if (threaded && n > 65536)
-    for (size_t i = 0; i < n; i++) a[i] += b[i];
-}
-
-void strata_tree_sum(float *parts, size_t n, int lo, int hi) { tree_sum(parts, n, lo, hi, 1); }
 
 static strata_err init_bucket(strata_grad_sync *g, bucket *b)
 {
@@ -359,7 +343,7 @@ static void reduce_bucket(strata_grad_sync *g, bucket *b)
 {
     strata_comm *c = g->comm;
     int mine = b->counts[c->rank];
-    tree_sum(b->parts, (size_t)mine, 0, c->size, !g->progress);
+    strata_tree_sum_parts(b->parts, (size_t)mine, c->size, !g->progress);
     memcpy(g->grads + b->lo + b->displs[c->rank], b->parts, (size_t)mine * sizeof(float));
     if (g->zero) {
         b->state = BUCKET_DONE;

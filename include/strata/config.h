@@ -20,10 +20,20 @@
 #define STRATA_MAX_EVALS 8
 #define STRATA_PATH_MAX  4096
 
+/* What an eval set's loss measures, besides itself: [eval.NAME] role. */
+enum {
+    STRATA_EVAL_PLAIN = 0, /* role = none */
+    STRATA_EVAL_OLD = 1,   /* role = old: the old domain; its rise is `forgetting` */
+    STRATA_EVAL_NEW = 2    /* role = new: the new domain; its fall is `learning` */
+};
+
 typedef struct strata_eval_config {
     char name[64];
     char path[STRATA_PATH_MAX];
     long max_samples; /* 0 = all */
+    int role;         /* STRATA_EVAL_*; without a role key, [eval.old] and [eval.new]
+                         get theirs from the name (the older configs' convention) */
+    int role_set;     /* the role key was given */
 } strata_eval_config;
 
 typedef struct strata_config {
@@ -44,7 +54,7 @@ typedef struct strata_config {
     } model;
     struct {
         char new_path[STRATA_PATH_MAX];
-        strata_replay_source replay[8];
+        strata_replay_source replay[STRATA_MAX_REPLAY];
         int n_replay;
         double replay_ratio;
         int seq_len;
