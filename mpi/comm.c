@@ -124,20 +124,6 @@ double strata_comm_max_double(strata_comm *c, double x)
     return m;
 }
 
-void strata_comm_barrier(strata_comm *c)
-{
-    if (c->size > 1) check(c, MPI_Barrier(MPI_COMM_WORLD), "barrier");
-}
-
-void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n)
-{
-    if (c->size == 1) return;
-    for (size_t off = 0; off < n; off += 1 << 30) {
-        int len = (int)(n - off < (1u << 30) ? n - off : 1u << 30);
-        check(c, MPI_Bcast((char *)buf + off, len, MPI_BYTE, 0, MPI_COMM_WORLD), "broadcast");
-    }
-}
-
 /* Shards are aligned to 16 floats so every rank's part starts on a cache line. */
 void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin, size_t *end)
 {
@@ -179,26 +165,6 @@ void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats)
     free(displs);
 }
 
-void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
-{
-    if (c->size == 1) return;
-    int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
-    if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
-    range_counts(c, n_floats, counts, displs);
-    if (c->rank == 0)
-        check(c,
-              MPI_Scatterv(buf, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0,
-                           MPI_COMM_WORLD),
-              "scatter");
-    else
-        check(c,
-              MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, buf + displs[c->rank], counts[c->rank],
-                           MPI_FLOAT, 0, MPI_COMM_WORLD),
-              "scatter");
-    free(counts);
-    free(displs);
-}
-
 /* ---- gradient synchronisation ---------------------------------------- */
 
 /* The sum of the ranks' gradients is formed in one fixed order, a
@@ -209,9 +175,9 @@ void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
  * of its shard of the bucket, rank r adds those W parts along the tree, and
  * (without ZeRO) an all-gather returns the sums to everyone. That moves as
  * many bytes as a ring all-reduce, and the trainer sums micro-batches along
- * the same tree (tree_sum.h, the one implementation of it), so a run's gradients, and so its parameters, come out
- * bitwise the same on any number of ranks whenever the micro-batches per
- * rank are a power of two (one, typically). */
+ * the same tree (tree_sum.h, the one implementation of it), so a run's gradients, and so its
+ * parameters, come out bitwise the same on any number of ranks whenever the micro-batches per rank
+ * are a power of two (one, typically). */
 
 /* Non-blocking collectives must start in the same order on every rank, but
  * ranks see the first phase end at different moments. So each phase has a

@@ -11,8 +11,8 @@
 
 /* How often the thread looks at the clock, and how long MPI_Abort may take
  * before SIGALRM ends the process (the abort may need the lost network). */
-#define WATCH_POLL_US     (200 * 1000)
-#define ABORT_GRACE_S     10
+#define WATCH_POLL_US (200 * 1000)
+#define ABORT_GRACE_S 10
 
 struct strata_watchdog {
     strata_comm *comm;

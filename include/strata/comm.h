@@ -51,7 +51,6 @@ strata_err strata_comm_local_error(strata_comm *c, strata_err e);
 /* Agreement: every rank passes its flags; every rank gets their OR. */
 enum {
     STRATA_AGREE_STOP = 1,      /* a stop was requested (signal), or rank 0 wants to save */
-    STRATA_AGREE_NONFINITE = 2, /* a non-finite number was seen */
     STRATA_AGREE_ERROR = 4,     /* a rank failed */
     STRATA_AGREE_EXHAUSTED = 8, /* the new-data stream is used up */
     STRATA_AGREE_WAITING = 16   /* waiting for new shards (follow) */
@@ -64,15 +63,9 @@ strata_err strata_comm_agree_error(strata_comm *c, strata_err e);
 /* Sum across ranks, in place. */
 void strata_comm_sum_doubles(strata_comm *c, double *x, int n);
 double strata_comm_max_double(strata_comm *c, double x);
-void strata_comm_barrier(strata_comm *c);
-/* Broadcast n bytes from rank 0. */
-void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n);
 /* Gathers each rank's part [begin_r, end_r) of a float buffer onto rank 0's
  * full-size buffer (ZeRO state for checkpoints). */
 void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats);
-/* Scatters rank 0's full buffer so each rank gets its part [begin_r, end_r)
- * (placed at buf + begin_r). */
-void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats);
 
 /* The part of an n_floats buffer rank r owns under ZeRO-1. */
 void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin, size_t *end);
