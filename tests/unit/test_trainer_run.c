@@ -162,6 +162,24 @@ static json_t *record(long step, int eval)
     return found;
 }
 
+static void test_sink_lines(void **state)
+{
+    (void)state;
+    reset_capture();
+    char long_text[3001];
+    memset(long_text, 'x', 3000);
+    long_text[3000] = 0;
+    strata_log(STRATA_LOG_INFO, "a %s z\n", long_text); /* longer than the stack buffer */
+    strata_log(STRATA_LOG_WARN, "w %d", 7);
+    assert_int_equal(cap.len, 3005 + 4); /* newline removed, one added per line by keep_line */
+    assert_int_equal(strncmp(cap.text + 3002, " z\nw 7\n", 7), 0);
+    assert_int_equal(cap.warnings, 1);
+    strata_log_set(NULL, NULL); /* no sink: dropped */
+    strata_log(STRATA_LOG_INFO, "dropped");
+    strata_log_set(keep_line, &cap);
+    assert_null(strstr(cap.text, "dropped"));
+}
+
 static void test_progress_through_the_sink(void **state)
 {
     (void)state;
@@ -254,6 +272,7 @@ int main(int argc, char **argv)
 {
     if (strata_comm_init(&argc, &argv, &comm).code) return 1;
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sink_lines),
         cmocka_unit_test(test_progress_through_the_sink),
         cmocka_unit_test(test_out_of_memory_everywhere),
         cmocka_unit_test(test_stream_used_up),
