@@ -138,8 +138,9 @@ size_t strata_model_activation_bytes(const strata_model *m);
  * *loss (may be NULL) receives the mean cross-entropy over the B*T
  * positions and per_seq_loss (B, may be NULL) each sequence's mean loss.
  * With targets NULL it keeps the logits (strata_model_logits) and *loss is
- * 0. A bad shape is STRATA_EINPUT, a failed allocation STRATA_ENOMEM; on
- * either the model keeps its previous buffers. Every token id must be <
+ * 0. A bad shape is STRATA_EINPUT, a failed allocation STRATA_ENOMEM; after
+ * either, no pointer into freed memory remains and a later call with a
+ * shape that fits succeeds. Every token id must be <
  * vocab_size (checked by the data layer). */
 strata_err strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
                                 int B, int T, float *per_seq_loss, float *loss);
