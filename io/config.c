@@ -192,8 +192,7 @@ static int parse_replay(parse_ctx *p, const char *section, const char *name, con
     for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         item = trim(item);
         if (!*item) continue;
-        if (c->data.n_replay == STRATA_MAX_REPLAY)
-        {
+        if (c->data.n_replay == STRATA_MAX_REPLAY) {
             char most[16];
             snprintf(most, sizeof most, "%d", STRATA_MAX_REPLAY);
             return fail(p, "more than %s replay sources", section, name, most);

@@ -203,7 +203,8 @@ static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att)
         m->d_res = m->d_small = m->d_big = m->d_att = NULL;
         m->arena_floats = 0, m->with_att = 0;
         m->B = m->T = 0;
-        return strata_errorf(STRATA_ENOMEM, "out of memory for activations (%.1f GiB for B=%d T=%d)",
+        return strata_errorf(STRATA_ENOMEM,
+                             "out of memory for activations (%.1f GiB for B=%d T=%d)",
                              total * 4.0 / (1 << 30), B, T);
     }
     float *p = m->arena;

@@ -252,7 +252,8 @@ static strata_err alloc_arena(llama *m, int B, int T)
     m->rope_sin = malloc((size_t)T * hs / 2 * sizeof(float));
     if (!m->arena || !m->blocks || !m->inputs || !m->att_scratch || !m->rope_cos || !m->rope_sin) {
         free_arena(m);
-        return strata_errorf(STRATA_ENOMEM, "out of memory for activations (%.1f GiB for B=%d T=%d)",
+        return strata_errorf(STRATA_ENOMEM,
+                             "out of memory for activations (%.1f GiB for B=%d T=%d)",
                              total * 4.0 / (1 << 30), B, T);
     }
     float *p = m->arena;

@@ -135,7 +135,8 @@ static void loss_matches_pytorch_with_the_same_masks(void **state)
     /* Without dropout the loss is another one: the masks matter. */
     strata_model_set_dropout(tf->m, 0.0f, 0, 0, NULL);
     float plain;
-    assert_int_equal(strata_model_forward(tf->m, tf->inputs, tf->targets, tf->B, tf->T, NULL, &plain).code, 0);
+    assert_int_equal(
+        strata_model_forward(tf->m, tf->inputs, tf->targets, tf->B, tf->T, NULL, &plain).code, 0);
     assert_true(fabs(plain - tf->loss) > 1e-3);
 }
 

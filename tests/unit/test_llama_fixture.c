@@ -303,7 +303,8 @@ static void logits_and_loss_match_pytorch(fixture *x)
 
     float loss;
 
-    assert_int_equal(strata_model_forward(x->m, x->inputs, x->targets, x->B, T, NULL, &loss).code, 0);
+    assert_int_equal(strata_model_forward(x->m, x->inputs, x->targets, x->B, T, NULL, &loss).code,
+                     0);
     double rel = fabs((double)loss - x->loss) / x->loss;
     print_message("%s: logits rel %.2e; loss strata %.7f, torch %.7f (fp64 %.7f), rel %.2e\n",
                   x->spec->dir, lrel, loss, x->loss, x->loss_fp64, rel);
