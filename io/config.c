@@ -133,7 +133,7 @@ void strata_config_defaults(strata_config *c)
     c->train.comm_thread = 1;
     c->train.max_bad_steps = 5, c->train.step_timeout = -1, c->train.layer_lr_decay = 1;
     c->train.init_seed = 1337;
-    snprintf(c->checkpoint.dir, sizeof c->checkpoint.dir, "ckpt");
+    c->checkpoint.dir[0] = 0; /* strata_config_load: ckpt beside the config file */
     c->checkpoint.every = 0, c->checkpoint.keep = 3;
     snprintf(c->checkpoint.resume, sizeof c->checkpoint.resume, "auto");
     c->log.every = 10, c->log.eval_every = 0;
@@ -197,8 +197,11 @@ static int parse_replay(parse_ctx *p, const char *section, const char *name, con
     for (char *item = strtok_r(buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         item = trim(item);
         if (!*item) continue;
-        if (c->data.n_replay == 8)
-            return fail(p, "more than 8 replay sources%s", section, name, "");
+        if (c->data.n_replay == STRATA_MAX_REPLAY) {
+            char most[16];
+            snprintf(most, sizeof most, "%d", STRATA_MAX_REPLAY);
+            return fail(p, "more than %s replay sources", section, name, most);
+        }
         strata_replay_source *r = &c->data.replay[c->data.n_replay++];
         r->weight = 1.0;
         char *colon = strrchr(item, ':');
@@ -286,9 +289,18 @@ static int set_eval_key(parse_ctx *p, const char *section, const char *name, con
             resolve_path(p, value, tok_field);
         return 1;
     }
+    if (!strcmp(name, "role")) {
+        static const char *roles[] = {"none", "old", "new"};
+        for (int r = 0; r < 3; r++)
+            if (!strcmp(value, roles[r])) {
+                e->role = r, e->role_set = 1;
+                return 1;
+            }
+        return fail(p, "'%s' is not a role (expected old, new or none)", section, name, value);
+    }
     return fail(p,
-                "unknown key%s (eval sets take path, max_samples, kind and, for kind = choice, "
-                "tokenizer, vocab, merges)",
+                "unknown key%s (eval sets take path, max_samples, role, kind and, for kind = "
+                "choice, tokenizer, vocab, merges)",
                 section, name, "");
 }
 
@@ -490,10 +502,15 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
         return strata_errorf(STRATA_EINPUT,
                              "%s: [data] replay_ratio is %g but no [data] replay source is set",
                              path, cfg->data.replay_ratio);
-    for (int i = 0; i < cfg->n_evals; i++)
-        if (!cfg->evals[i].path[0])
-            return strata_errorf(STRATA_EINPUT, "%s: [eval.%s] needs a path", path,
-                                 cfg->evals[i].name);
+    for (int i = 0; i < cfg->n_evals; i++) {
+        strata_eval_config *e = &cfg->evals[i];
+        if (!e->path[0])
+            return strata_errorf(STRATA_EINPUT, "%s: [eval.%s] needs a path", path, e->name);
+        if (!e->role_set) /* fallback: the names older configs gave the roles */
+            e->role = !strcmp(e->name, "old")   ? STRATA_EVAL_OLD
+                      : !strcmp(e->name, "new") ? STRATA_EVAL_NEW
+                                                : STRATA_EVAL_PLAIN;
+    }
     for (int i = 0; i < cfg->n_evals; i++) {
         const strata_eval_config *e = &cfg->evals[i];
         if (e->kind == STRATA_EVAL_CHOICE && !e->tokenizer[0])
@@ -505,6 +522,13 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
             return strata_errorf(STRATA_EINPUT,
                                  "%s: [eval.%s] tokenizer, vocab and merges are for kind = choice",
                                  path, e->name);
+    }
+    /* The default checkpoint directory is relative to the config file, like
+     * every path in it, so two runs started from one directory stay apart. */
+    if (!cfg->checkpoint.dir[0]) {
+        int dir_len = slash ? (int)(slash - path) : 0;
+        snprintf(cfg->checkpoint.dir, sizeof cfg->checkpoint.dir, "%.*s%sckpt", dir_len, path,
+                 slash ? "/" : "");
     }
     return strata_ok();
 }
@@ -586,9 +610,12 @@ char *strata_config_text(const strata_config *c)
         }
     }
     for (int i = 0; i < c->n_evals; i++) {
-        append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\n", c->evals[i].name,
-               c->evals[i].path, c->evals[i].max_samples);
         const strata_eval_config *e = &c->evals[i];
+        append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\nrole = %s\n",
+               e->name, e->path, e->max_samples,
+               e->role == STRATA_EVAL_OLD   ? "old"
+               : e->role == STRATA_EVAL_NEW ? "new"
+                                            : "none");
         if (e->kind != STRATA_EVAL_CHOICE) continue;
         append(&buf, &len, &cap, "kind = choice\ntokenizer = %s\n", e->tokenizer);
         if (e->vocab[0]) append(&buf, &len, &cap, "vocab = %s\n", e->vocab);

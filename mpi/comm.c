@@ -9,6 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "strata/log.h"
+#include "strata/tree_sum.h"
+
 struct strata_comm {
     int rank, size, local_size;
     int serialized; /* MPI_THREAD_SERIALIZED: a progress thread may call MPI */
@@ -87,12 +90,17 @@ strata_err strata_comm_agree_error(strata_comm *c, strata_err e)
 _Noreturn void strata_comm_abort(strata_comm *c, int code, const char *msg)
 {
     if (c && c->size > 1)
-        fprintf(stderr, "strata: rank %d (%s): %s\n", c->rank, c->host, msg);
+        strata_log(STRATA_LOG_FATAL, "rank %d (%s): %s", c->rank, c->host, msg);
     else
-        fprintf(stderr, "strata: %s\n", msg);
-    fflush(stderr);
+        strata_log(STRATA_LOG_FATAL, "%s", msg);
     if (c && c->size > 1) MPI_Abort(MPI_COMM_WORLD, code);
     _exit(code);
+}
+
+strata_err strata_comm_local_error(strata_comm *c, strata_err e)
+{
+    if (e.code && c->size > 1) strata_comm_abort(c, e.code, e.msg);
+    return e;
 }
 
 int strata_comm_agree(strata_comm *c, int flags)
@@ -114,20 +122,6 @@ double strata_comm_max_double(strata_comm *c, double x)
     double m = x;
     if (c->size > 1) check(c, MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "max");
     return m;
-}
-
-void strata_comm_barrier(strata_comm *c)
-{
-    if (c->size > 1) check(c, MPI_Barrier(MPI_COMM_WORLD), "barrier");
-}
-
-void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n)
-{
-    if (c->size == 1) return;
-    for (size_t off = 0; off < n; off += 1 << 30) {
-        int len = (int)(n - off < (1u << 30) ? n - off : 1u << 30);
-        check(c, MPI_Bcast((char *)buf + off, len, MPI_BYTE, 0, MPI_COMM_WORLD), "broadcast");
-    }
 }
 
 /* Shards are aligned to 16 floats so every rank's part starts on a cache line. */
@@ -171,26 +165,6 @@ void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats)
     free(displs);
 }
 
-void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
-{
-    if (c->size == 1) return;
-    int *counts = malloc(c->size * sizeof(int)), *displs = malloc(c->size * sizeof(int));
-    if (!counts || !displs) strata_comm_abort(c, 1, "out of memory");
-    range_counts(c, n_floats, counts, displs);
-    if (c->rank == 0)
-        check(c,
-              MPI_Scatterv(buf, counts, displs, MPI_FLOAT, MPI_IN_PLACE, 0, MPI_FLOAT, 0,
-                           MPI_COMM_WORLD),
-              "scatter");
-    else
-        check(c,
-              MPI_Scatterv(NULL, NULL, NULL, MPI_FLOAT, buf + displs[c->rank], counts[c->rank],
-                           MPI_FLOAT, 0, MPI_COMM_WORLD),
-              "scatter");
-    free(counts);
-    free(displs);
-}
-
 /* ---- gradient synchronisation ---------------------------------------- */
 
 /* The sum of the ranks' gradients is formed in one fixed order, a
@@ -201,9 +175,9 @@ void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats)
  * of its shard of the bucket, rank r adds those W parts along the tree, and
  * (without ZeRO) an all-gather returns the sums to everyone. That moves as
  * many bytes as a ring all-reduce, and the trainer sums micro-batches along
- * the same tree, so a run's gradients, and so its parameters, come out
- * bitwise the same on any number of ranks whenever the micro-batches per
- * rank are a power of two (one, typically). */
+ * the same tree (tree_sum.h, the one implementation of it), so a run's gradients, and so its
+ * parameters, come out bitwise the same on any number of ranks whenever the micro-batches per rank
+ * are a power of two (one, typically). */
 
 /* Non-blocking collectives must start in the same order on every rank, but
  * ranks see the first phase end at different moments. So each phase has a
@@ -248,30 +222,6 @@ struct strata_grad_sync {
     double first_start;
     progress_thread *progress; /* NULL: driven by MPI_Test from backward */
 };
-
-static size_t largest_pow2_below(size_t n)
-{
-    size_t p = 1;
-    while (p * 2 < n) p *= 2;
-    return p;
-}
-
-/* parts[lo] = the tree sum of parts[lo .. hi), each n floats apart. The
- * progress thread adds serially: an OpenMP team of its own would compete
- * with backward's for the cores. */
-static void tree_sum(float *parts, size_t n, int lo, int hi, int threaded)
-{
-    if (hi - lo < 2) return;
-    int mid = lo + (int)largest_pow2_below((size_t)(hi - lo));
-    tree_sum(parts, n, lo, mid, threaded);
-    tree_sum(parts, n, mid, hi, threaded);
-    float *a = parts + (size_t)lo * n;
-    const float *b = parts + (size_t)mid * n;
-#pragma omp parallel for schedule(static) if (threaded && n > 65536)
-    for (size_t i = 0; i < n; i++) a[i] += b[i];
-}
-
-void strata_tree_sum(float *parts, size_t n, int lo, int hi) { tree_sum(parts, n, lo, hi, 1); }
 
 static strata_err init_bucket(strata_grad_sync *g, bucket *b)
 {
@@ -359,7 +309,7 @@ static void reduce_bucket(strata_grad_sync *g, bucket *b)
 {
     strata_comm *c = g->comm;
     int mine = b->counts[c->rank];
-    tree_sum(b->parts, (size_t)mine, 0, c->size, !g->progress);
+    strata_tree_sum_parts(b->parts, (size_t)mine, c->size, !g->progress);
     memcpy(g->grads + b->lo + b->displs[c->rank], b->parts, (size_t)mine * sizeof(float));
     if (g->zero) {
         b->state = BUCKET_DONE;

@@ -3,10 +3,16 @@
 #include <mpi.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "strata/log.h"
+
+/* How often the thread looks at the clock, and how long MPI_Abort may take
+ * before SIGALRM ends the process (the abort may need the lost network). */
+#define WATCH_POLL_US (200 * 1000)
+#define ABORT_GRACE_S 10
 
 struct strata_watchdog {
     strata_comm *comm;
@@ -29,18 +35,17 @@ static void *watch(void *arg)
 {
     strata_watchdog *w = arg;
     while (atomic_load(&w->running)) {
-        usleep(200 * 1000);
+        usleep(WATCH_POLL_US);
         double start = atomic_load(&w->phase_start), limit = atomic_load(&w->timeout_s);
         if (start <= 0 || limit <= 0) continue;
         double waited = now() - start;
         if (waited < limit) continue;
-        fprintf(stderr,
-                "strata: watchdog: rank %d (%s) step %ld phase '%s' waited %.0f s > step_timeout "
-                "%.0f s; ending the job (the last checkpoint is kept)\n",
-                strata_comm_rank(w->comm), strata_comm_host(w->comm), atomic_load(&w->step),
-                atomic_load(&w->phase), waited, limit);
-        fflush(stderr);
-        alarm(10); /* if MPI_Abort needs the lost network and hangs */
+        strata_log(STRATA_LOG_FATAL,
+                   "watchdog: rank %d (%s) step %ld phase '%s' waited %.0f s > step_timeout "
+                   "%.0f s; ending the job (the last checkpoint is kept)",
+                   strata_comm_rank(w->comm), strata_comm_host(w->comm), atomic_load(&w->step),
+                   atomic_load(&w->phase), waited, limit);
+        alarm(ABORT_GRACE_S); /* if MPI_Abort needs the lost network and hangs */
         MPI_Abort(MPI_COMM_WORLD, 1);
         _exit(1);
     }

@@ -77,7 +77,7 @@ ini_get() {   # FILE SECTION KEY -> value (last one wins); status 1 if absent
 }
 
 # ---- done already?
-dir=$(ini_get "$config" checkpoint dir) || dir=
+dir=$(ini_get "$config" checkpoint dir) || dir=ckpt   # strata's default: ckpt beside the config
 steps=$(ini_get "$config" train steps) || steps=
 base=$(dirname "$config")    # INI paths are relative to the config file
 set -- "${strata_args[@]}"

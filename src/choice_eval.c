@@ -75,9 +75,11 @@ static strata_err score_batch(strata_model *m, const strata_choice_set *set, con
         memcpy(inputs + (size_t)j * T, set->tokens + set->cands[rows[j].cand].off,
                (size_t)(rows[j].len - 1) * sizeof(uint32_t));
     strata_model_set_dropout(m, 0.0f, 0, 0, NULL);
-    if (isnan(strata_model_forward(m, inputs, NULL, k, T, NULL)))
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory scoring %d rows of %d tokens",
-                             set->path, k, T);
+    float unused;
+    strata_err e = strata_model_forward(m, inputs, NULL, k, T, NULL, &unused);
+    if (e.code)
+        return strata_errorf(e.code, "%s: scoring %d rows of %d tokens: %s", set->path, k, T,
+                             e.msg);
     const float *logits = strata_model_logits(m);
     for (int j = 0; j < k; j++) {
         const strata_choice_cand *c = &set->cands[rows[j].cand];
@@ -120,7 +122,7 @@ strata_err strata_choice_evaluate(strata_model *m, const strata_choice_set *set,
     uint32_t *inputs = malloc((size_t)(micro_batch > 0 ? micro_batch : 1) * T_max * sizeof *inputs);
     strata_err e = strata_ok();
     if (!rows || !out->ll || !inputs || set->n_cands > INT32_MAX)
-        e = strata_errorf(STRATA_EFAIL, "%s: out of memory scoring the set", set->path);
+        e = strata_errorf(STRATA_ENOMEM, "%s: out of memory scoring the set", set->path);
     long n_batches = 0;
     for (size_t i = 0; i < n_rows; n_batches++)
         i += batch_rows(rows + i, n_rows - i, micro_batch, Vp);
@@ -153,28 +155,4 @@ void strata_choice_result_free(strata_choice_result *r)
 {
     free(r->ll);
     r->ll = NULL;
-}
-
-/* JSON has no NaN: non-finite numbers are written as null. */
-static const char *num(char *buf, double x)
-{
-    if (!isfinite(x)) return "null";
-    snprintf(buf, 32, "%.6g", x);
-    return buf;
-}
-
-void strata_choice_format(const strata_choice_result *r, const char *name, long step,
-                          double baseline, char *line, size_t line_cap, char *json, size_t json_cap)
-{
-    char b1[32], b2[32], b3[32], b4[32];
-    double drop = baseline - r->acc;
-    snprintf(line, line_cap,
-             "eval %-8s step %ld | acc %.4f | acc_norm %.4f | vs step-0 baseline %+.4f | %zu "
-             "items\n",
-             name, step, r->acc, r->acc_norm, r->acc - baseline, r->n_items);
-    snprintf(json, json_cap,
-             "\"step\":%ld,\"eval\":\"%s\",\"kind\":\"choice\",\"acc\":%s,\"acc_norm\":%s,"
-             "\"n_items\":%zu,\"baseline\":%s,\"forgetting\":%s",
-             step, name, num(b1, r->acc), num(b2, r->acc_norm), r->n_items, num(b3, baseline),
-             num(b4, drop));
 }

@@ -11,6 +11,7 @@
 #include "strata/family.h"
 #include "strata/generate.h"
 #include "strata/kernels.h"
+#include "strata/mem.h"
 #include "strata/model.h"
 #include "strata/rng.h"
 
@@ -201,15 +202,20 @@ static strata_err alloc_arena(gpt2 *m, int B, int T, int with_att, int acts16)
     free(m->att_scratch);
     m->att_scratch_floats =
         strata_gqa_attention_scratch_floats(B, T, (int)NH, (int)NH, (int)(C / NH), threads);
-    m->arena = malloc(total * sizeof(float));
+    m->arena = strata_malloc(total * sizeof(float));
     m->blocks = calloc(L, sizeof *m->blocks);
     m->inputs = malloc(BT * sizeof(uint32_t));
     m->att_scratch = malloc(m->att_scratch_floats * sizeof(float));
     if (!m->arena || !m->blocks || !m->inputs || !m->att_scratch) {
         free(m->arena), free(m->blocks), free(m->inputs), free(m->att_scratch);
         m->arena = NULL, m->blocks = NULL, m->inputs = NULL, m->att_scratch = NULL;
+        /* No pointer into the freed arena survives the failure. */
+        m->encoded = m->lnf = m->lnf_mean = m->lnf_rstd = NULL;
+        m->d_res = m->d_small = m->d_big = m->d_att = NULL;
+        m->arena_floats = 0, m->with_att = 0;
         m->B = m->T = 0;
-        return strata_errorf(STRATA_EFAIL, "out of memory for activations (%.1f GiB for B=%d T=%d)",
+        return strata_errorf(STRATA_ENOMEM,
+                             "out of memory for activations (%.1f GiB for B=%d T=%d)",
                              total * 4.0 / (1 << 30), B, T);
     }
     float *p = m->arena;

@@ -29,6 +29,7 @@
 #include "strata/generate.h"
 #include "strata/kernels.h"
 #include "strata/llama_kernels.h"
+#include "strata/mem.h"
 #include "strata/model.h"
 #include "strata/rng.h"
 
@@ -211,6 +212,9 @@ static void free_arena(llama *m)
     free(m->rope_cos), free(m->rope_sin);
     m->arena = NULL, m->blocks = NULL, m->inputs = NULL, m->att_scratch = NULL;
     m->rope_cos = m->rope_sin = NULL;
+    /* No pointer into the freed arena survives it. */
+    m->encoded = m->lnf = m->rf = m->d_res = m->x_norm = m->d_small = m->d_big = NULL;
+    m->d_qkv = m->d_raw = m->h = m->dh = NULL;
     m->B = m->T = 0;
     m->arena_floats = 0;
 }
@@ -243,7 +247,7 @@ static strata_err alloc_arena(llama *m, int B, int T)
         omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
     m->att_scratch_floats =
         strata_gqa_attention_scratch_floats(B, T, (int)NH, (int)NKV, (int)hs, threads);
-    m->arena = malloc(total * sizeof(float));
+    m->arena = strata_malloc(total * sizeof(float));
     m->blocks = calloc(L, sizeof *m->blocks);
     m->inputs = malloc(BT * sizeof(uint32_t));
     m->att_scratch = malloc((m->att_scratch_floats ? m->att_scratch_floats : 1) * sizeof(float));
@@ -251,7 +255,8 @@ static strata_err alloc_arena(llama *m, int B, int T)
     m->rope_sin = malloc((size_t)T * hs / 2 * sizeof(float));
     if (!m->arena || !m->blocks || !m->inputs || !m->att_scratch || !m->rope_cos || !m->rope_sin) {
         free_arena(m);
-        return strata_errorf(STRATA_EFAIL, "out of memory for activations (%.1f GiB for B=%d T=%d)",
+        return strata_errorf(STRATA_ENOMEM,
+                             "out of memory for activations (%.1f GiB for B=%d T=%d)",
                              total * 4.0 / (1 << 30), B, T);
     }
     float *p = m->arena;

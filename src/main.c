@@ -31,6 +31,7 @@ static void print_usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    strata_cli_install_log();
     if (argc < 2) {
         print_usage(stderr);
         return 2;

@@ -11,6 +11,7 @@
 #include "strata/family.h"
 #include "strata/gemm.h"
 #include "strata/kernels.h"
+#include "strata/mem.h"
 
 struct strata_model {
     strata_model_shape shape;
@@ -98,22 +99,22 @@ strata_err strata_model_create(strata_model **out, const strata_model_shape *sha
     strata_model_shape s = *shape;
     STRATA_TRY(strata_model_resolve_shape(&s));
     strata_model *m = calloc(1, sizeof *m);
-    if (!m) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!m) return strata_errorf(STRATA_ENOMEM, "out of memory");
     m->shape = s;
     m->family = strata_family_find(s.family);
     m->max_tensors = m->family->max_tensors(&s);
     m->tensors = calloc((size_t)m->max_tensors, sizeof *m->tensors);
     if (!m->tensors) {
         free(m);
-        return strata_errorf(STRATA_EFAIL, "out of memory");
+        return strata_errorf(STRATA_ENOMEM, "out of memory");
     }
     m->family->layout(m);
-    m->params = calloc(m->n_floats, sizeof(float));
-    m->grads = calloc(m->n_floats, sizeof(float));
+    m->params = strata_calloc(m->n_floats, sizeof(float));
+    m->grads = strata_calloc(m->n_floats, sizeof(float));
     if (!m->params || !m->grads) {
         size_t n = m->n_floats;
         strata_model_free(m);
-        return strata_errorf(STRATA_EFAIL, "out of memory for %zu parameters", n);
+        return strata_errorf(STRATA_ENOMEM, "out of memory for %zu parameters", n);
     }
     *out = m;
     return strata_ok();
@@ -263,13 +264,13 @@ static strata_err reserve(strata_model *m, int B, int T)
     size_t BT = (size_t)B * T, C = m->shape.n_embd, Vp = m->shape.padded_vocab;
     m->chunk_rows = head_chunk_rows(&m->shape);
     if ((size_t)m->chunk_rows > BT) m->chunk_rows = (int)BT;
-    m->chunk = malloc((size_t)m->chunk_rows * Vp * sizeof(float));
-    m->d_head = malloc(BT * C * sizeof(float));
-    m->losses = malloc(BT * sizeof(float));
+    m->chunk = strata_malloc((size_t)m->chunk_rows * Vp * sizeof(float));
+    m->d_head = strata_malloc(BT * C * sizeof(float));
+    m->losses = strata_malloc(BT * sizeof(float));
     if (!m->chunk || !m->d_head || !m->losses) {
         free_head(m);
         m->B = m->T = 0;
-        return strata_errorf(STRATA_EFAIL, "out of memory for the lm head (B=%d T=%d)", B, T);
+        return strata_errorf(STRATA_ENOMEM, "out of memory for the lm head (B=%d T=%d)", B, T);
     }
     m->B = B, m->T = T;
     return strata_ok();
@@ -334,29 +335,39 @@ static float mean_losses(const strata_model *m, int B, int T, float *per_seq_los
     return (float)(total / ((double)B * T));
 }
 
-float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets, int B,
-                           int T, float *per_seq_loss)
+strata_err strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
+                                int B, int T, float *per_seq_loss, float *loss)
 {
-    if (B < 1 || T < 1 || T > m->shape.block_size || reserve(m, B, T).code) return NAN;
+    if (B < 1 || T < 1 || T > m->shape.block_size)
+        return strata_errorf(
+            STRATA_EINPUT, "forward of %d x %d tokens: B must be >= 1 and T in [1, block_size %d]",
+            B, T, m->shape.block_size);
+    STRATA_TRY(reserve(m, B, T));
     const float *h = body_forward(m, inputs, B, T);
     int C = m->shape.n_embd, Vp = m->shape.padded_vocab;
     size_t BT = (size_t)B * T;
+    if (loss) *loss = 0.0f;
     if (!targets) {
         if (m->logits_floats < BT * Vp) {
-            free(m->logits);
-            m->logits = malloc(BT * Vp * sizeof(float));
+            strata_free(m->logits);
+            m->logits = strata_malloc(BT * Vp * sizeof(float));
             m->logits_floats = m->logits ? BT * Vp : 0;
-            if (!m->logits) return NAN;
+            if (!m->logits)
+                return strata_errorf(STRATA_ENOMEM,
+                                     "out of memory for the logits (%.1f GiB for B=%d T=%d)",
+                                     BT * Vp * 4.0 / (1 << 30), B, T);
         }
         size_t off = head_tensor(m)->offset;
         STRATA_TIMED(&m->timing, matmul,
                      strata_linear_forward(m->prec, m->logits, h, 0, m->params + off,
                                            m->params16 ? m->params16 + off : NULL, NULL, (int)BT, C,
                                            Vp, 0.0f));
-        return 0.0f;
+        return strata_ok();
     }
     head_chunks(m, h, targets, (int)BT, 0.0f, NULL, NULL);
-    return mean_losses(m, B, T, per_seq_loss);
+    float mean = mean_losses(m, B, T, per_seq_loss);
+    if (loss) *loss = mean;
+    return strata_ok();
 }
 
 static void notify(const strata_backward_opts *o, int layer)

@@ -58,21 +58,22 @@ void strata_adamw_step(strata_adamw *opt, float *params, const float *grads, flo
 
 double strata_sum_squares(const float *x, size_t begin, size_t end)
 {
-    /* Fixed-size chunks summed in order: the same answer at any thread count. */
-    enum { CHUNK = 1 << 16 };
-    if (end <= begin) return 0.0;
-    size_t n_chunks = (end - begin + CHUNK - 1) / CHUNK;
-    double *partial = malloc(n_chunks * sizeof(double));
-    if (!partial) return NAN;
+    /* Fixed-size chunks summed in order: the same answer at any thread
+     * count. The partial sums go through a fixed array, a batch of chunks at
+     * a time, so the norm needs no allocation and cannot run out of memory. */
+    enum { CHUNK = 1 << 16, BATCH = 256 };
+    double partial[BATCH], total = 0.0;
+    for (size_t first = begin; first < end; first += (size_t)CHUNK * BATCH) {
+        size_t span = end - first, n_chunks = (span + CHUNK - 1) / CHUNK;
+        if (n_chunks > BATCH) n_chunks = BATCH;
 #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < n_chunks; c++) {
-        size_t lo = begin + c * CHUNK, hi = lo + CHUNK < end ? lo + CHUNK : end;
-        double s = 0.0;
-        for (size_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
-        partial[c] = s;
+        for (size_t c = 0; c < n_chunks; c++) {
+            size_t lo = first + c * CHUNK, hi = lo + CHUNK < end ? lo + CHUNK : end;
+            double s = 0.0;
+            for (size_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
+            partial[c] = s;
+        }
+        for (size_t c = 0; c < n_chunks; c++) total += partial[c];
     }
-    double total = 0.0;
-    for (size_t c = 0; c < n_chunks; c++) total += partial[c];
-    free(partial);
     return total;
 }

@@ -43,13 +43,4 @@ strata_err strata_choice_evaluate(strata_model *m, const strata_choice_set *set,
                                   int micro_batch, strata_choice_result *out);
 void strata_choice_result_free(strata_choice_result *r);
 
-/* The log line and the metrics record's fields (without braces) of one
- * evaluation: "step", "eval", "kind": "choice", "acc", "acc_norm",
- * "n_items", "baseline" (the first evaluation's acc: step 0 when the run
- * evaluated its init model) and "forgetting" = baseline - acc (positive
- * when accuracy dropped). */
-void strata_choice_format(const strata_choice_result *r, const char *name, long step,
-                          double baseline, char *line, size_t line_cap, char *json,
-                          size_t json_cap);
-
 #endif

@@ -2,7 +2,8 @@
  *
  * Each takes the arguments after its own name (argv[0] is the subcommand)
  * and returns the process exit status: 0 done, 2 bad usage or bad input,
- * 75 stopped on a signal after a good checkpoint, 1 anything else. Each
+ * 3 out of memory, 75 stopped on a signal after a good checkpoint, 1
+ * anything else. Each
  * prints its own errors as one line on stderr, "strata <cmd>: <message>".
  */
 #ifndef STRATA_CLI_H
@@ -31,5 +32,7 @@ strata_err strata_cli_load_tokenizer(struct strata_tokenizer **tok, const char *
 
 /* Prints "strata <cmd>: <msg>" on stderr and returns e.code (0 if none). */
 int strata_cli_fail(const char *cmd, strata_err e);
+/* The log sink of the binary (log.h): info on stdout, the rest on stderr. */
+void strata_cli_install_log(void);
 
 #endif

@@ -36,12 +36,25 @@ const char *strata_comm_host(const strata_comm *c);
 /* Ranks of this job on this node (they share its cores). */
 int strata_comm_local_size(const strata_comm *c);
 
-/* Prints "strata: rank R (host): msg" on stderr and ends the job with code
- * (MPI_Abort; _exit if that returns). For errors seen by some ranks only. */
+/* Logs "rank R (host): msg" (log.h, STRATA_LOG_FATAL) and ends the job
+ * with code (MPI_Abort; _exit if that returns). For errors seen by some
+ * ranks only. */
 _Noreturn void strata_comm_abort(strata_comm *c, int code, const char *msg);
 
+/* An error only this rank may have seen (a read, an allocation) in code
+ * that every rank runs in step: with one rank it is returned, to travel up
+ * to the CLI as a value; with more it ends the job (strata_comm_abort with
+ * e's code), since the other ranks would wait for this one in the next
+ * collective. Success is returned as is. */
+strata_err strata_comm_local_error(strata_comm *c, strata_err e);
+
 /* Agreement: every rank passes its flags; every rank gets their OR. */
-enum { STRATA_AGREE_STOP = 1, STRATA_AGREE_NONFINITE = 2, STRATA_AGREE_ERROR = 4 };
+enum {
+    STRATA_AGREE_STOP = 1,      /* a stop was requested (signal), or rank 0 wants to save */
+    STRATA_AGREE_ERROR = 4,     /* a rank failed */
+    STRATA_AGREE_EXHAUSTED = 8, /* the new-data stream is used up */
+    STRATA_AGREE_WAITING = 16   /* waiting for new shards (follow) */
+};
 int strata_comm_agree(strata_comm *c, int flags);
 /* Agrees on an error some ranks may have: every rank gets the largest code;
  * the message is kept on rank 0 if it failed, else on the ranks that failed,
@@ -50,15 +63,9 @@ strata_err strata_comm_agree_error(strata_comm *c, strata_err e);
 /* Sum across ranks, in place. */
 void strata_comm_sum_doubles(strata_comm *c, double *x, int n);
 double strata_comm_max_double(strata_comm *c, double x);
-void strata_comm_barrier(strata_comm *c);
-/* Broadcast n bytes from rank 0. */
-void strata_comm_bcast_bytes(strata_comm *c, void *buf, size_t n);
 /* Gathers each rank's part [begin_r, end_r) of a float buffer onto rank 0's
  * full-size buffer (ZeRO state for checkpoints). */
 void strata_comm_gather_ranges(strata_comm *c, float *buf, size_t n_floats);
-/* Scatters rank 0's full buffer so each rank gets its part [begin_r, end_r)
- * (placed at buf + begin_r). */
-void strata_comm_scatter_ranges(strata_comm *c, float *buf, size_t n_floats);
 
 /* The part of an n_floats buffer rank r owns under ZeRO-1. */
 void strata_comm_shard(const strata_comm *c, size_t n_floats, int rank, size_t *begin, size_t *end);
@@ -88,12 +95,5 @@ void strata_grad_sync_finish(strata_grad_sync *g, double *exposed_ms, double *hi
 /* ZeRO-1: after each rank updated its shard of params, all ranks get all. */
 void strata_grad_sync_allgather_params(strata_grad_sync *g, float *params);
 void strata_grad_sync_shard(const strata_grad_sync *g, size_t *begin, size_t *end);
-
-/* The one order in which strata adds gradients: parts[lo] becomes the sum of
- * parts[lo .. hi) (each n floats), along a left-complete binary tree (split
- * at the largest power of two below the count). Ranks are added this way,
- * and micro-batches within a rank too, so the order of a global batch's
- * sum does not depend on how it is cut across ranks. */
-void strata_tree_sum(float *parts, size_t n, int lo, int hi);
 
 #endif

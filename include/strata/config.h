@@ -20,17 +20,27 @@
 #define STRATA_MAX_EVALS 8
 #define STRATA_PATH_MAX  4096
 
-/* [eval.NAME] kind: held-out loss on a token shard, or multiple-choice
+/* [eval.NAME] kind (STRATA_EVAL_LOSS, _CHOICE): held-out loss on a token shard, or multiple-choice
  * accuracy on a JSON Lines file (choice.h) tokenized with `tokenizer`. */
 enum { STRATA_EVAL_LOSS = 0, STRATA_EVAL_CHOICE = 1 };
+/* What an eval set's loss measures, besides itself: [eval.NAME] role. */
+enum {
+    STRATA_EVAL_PLAIN = 0, /* role = none */
+    STRATA_EVAL_OLD = 1,   /* role = old: the old domain; its rise is `forgetting` */
+    STRATA_EVAL_NEW = 2    /* role = new: the new domain; its fall is `learning` */
+};
 
 typedef struct strata_eval_config {
     char name[64];
     char path[STRATA_PATH_MAX];
     long max_samples; /* 0 = all (choice: items) */
-    int kind;         /* STRATA_EVAL_* */
+    int kind;         /* STRATA_EVAL_LOSS or STRATA_EVAL_CHOICE */
     /* choice: "byte", "gpt2" (with vocab and merges) or a tokenizer.json */
     char tokenizer[STRATA_PATH_MAX], vocab[STRATA_PATH_MAX], merges[STRATA_PATH_MAX];
+    int role;         /* STRATA_EVAL_PLAIN, _OLD or _NEW; without a role key, [eval.old]
+                         and [eval.new] get theirs from the name (the older configs'
+                         convention) */
+    int role_set;     /* the role key was given */
 } strata_eval_config;
 
 typedef struct strata_config {
@@ -51,7 +61,7 @@ typedef struct strata_config {
     } model;
     struct {
         char new_path[STRATA_PATH_MAX];
-        strata_replay_source replay[8];
+        strata_replay_source replay[STRATA_MAX_REPLAY];
         int n_replay;
         double replay_ratio;
         int seq_len;

@@ -4,7 +4,8 @@
  * success; otherwise msg holds one line that names the file, the place and
  * the problem ("data/a.h5: /tokens is int8, expected uint16 or uint32").
  * Library code never prints and never exits: the CLI prints msg and turns
- * code into the exit status (2 bad input, 1 other failure, 75 stopped).
+ * code into the exit status: the code itself (2 bad input, 3 out of memory,
+ * 1 other failure, 75 stopped).
  */
 #ifndef STRATA_ERR_H
 #define STRATA_ERR_H
@@ -13,6 +14,7 @@ enum {
     STRATA_OK = 0,
     STRATA_EFAIL = 1,    /* anything that is not the user's input */
     STRATA_EINPUT = 2,   /* bad usage, config, data or checkpoint */
+    STRATA_ENOMEM = 3,   /* an allocation failed: a smaller micro_batch or more ranks may fit */
     STRATA_ESTOPPED = 75 /* stopped on a signal after a good checkpoint */
 };
 

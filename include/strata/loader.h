@@ -15,6 +15,8 @@
 
 #include "strata/err.h"
 
+#define STRATA_MAX_REPLAY 8 /* replay sources of a run */
+
 typedef struct strata_replay_source {
     char path[4096]; /* manifest, directory or one shard */
     double weight;
@@ -22,7 +24,7 @@ typedef struct strata_replay_source {
 
 typedef struct strata_loader_config {
     char new_path[4096]; /* the new-data stream */
-    strata_replay_source replay[8];
+    strata_replay_source replay[STRATA_MAX_REPLAY];
     int n_replay;
     double replay_ratio; /* exact: round(ratio * G) replay slots per step */
     int seq_len;         /* T */

@@ -136,13 +136,15 @@ strata_err strata_model_reserve(strata_model *m, int B, int T);
 size_t strata_model_activation_bytes(const strata_model *m);
 
 /* Forward pass over inputs (B, T), no gradients. With targets (B, T),
- * returns the mean cross-entropy over the B*T positions and, in
- * per_seq_loss (B) when not NULL, each sequence's mean loss. With targets
- * NULL returns 0 and keeps the logits (strata_model_logits). NAN on a bad
- * shape or out of memory. Every token id must be < vocab_size (checked by
- * the data layer). */
-float strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets, int B,
-                           int T, float *per_seq_loss);
+ * *loss (may be NULL) receives the mean cross-entropy over the B*T
+ * positions and per_seq_loss (B, may be NULL) each sequence's mean loss.
+ * With targets NULL it keeps the logits (strata_model_logits) and *loss is
+ * 0. A bad shape is STRATA_EINPUT, a failed allocation STRATA_ENOMEM; after
+ * either, no pointer into freed memory remains and a later call with a
+ * shape that fits succeeds. Every token id must be <
+ * vocab_size (checked by the data layer). */
+strata_err strata_model_forward(strata_model *m, const uint32_t *inputs, const uint32_t *targets,
+                                int B, int T, float *per_seq_loss, float *loss);
 
 /* How forward_backward's backward runs. It ADDS to the gradient buffer the
  * gradient of loss_scale * (sum of the B*T token losses). Blocks below

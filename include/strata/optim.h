@@ -43,7 +43,8 @@ void strata_adamw_free(strata_adamw *opt);
 void strata_adamw_step(strata_adamw *opt, float *params, const float *grads, float grad_scale,
                        float lr, const strata_param_group *groups, int n_groups);
 
-/* Sum of squares of grads[begin, end), in double, for the global norm. */
+/* Sum of squares of grads[begin, end), in double, for the global norm;
+ * allocates nothing (no out-of-memory to report). */
 double strata_sum_squares(const float *x, size_t begin, size_t end);
 
 #endif

@@ -16,6 +16,12 @@
 
 typedef struct strata_watchdog strata_watchdog;
 
+/* [train] step_timeout < 0 (automatic): the timeout is the larger of a floor
+ * and a multiple of the mean step time measured so far, so a slow machine
+ * is not mistaken for a hang and a fast one still notices within minutes. */
+#define STRATA_WATCHDOG_FLOOR_S    300.0
+#define STRATA_WATCHDOG_STEP_RATIO 20.0
+
 /* timeout_s <= 0: the watchdog does nothing. */
 strata_watchdog *strata_watchdog_start(strata_comm *c, double timeout_s);
 /* Marks the start of a phase (a string literal) of step; restarts the clock. */

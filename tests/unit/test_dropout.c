@@ -319,7 +319,7 @@ static float *masks_for(strata_model *m, const uint32_t *inp, const uint32_t *tg
                         size_t *n)
 {
     strata_model_set_dropout(m, P_DROP, seed, step, ids);
-    strata_model_forward(m, inp, tgt, B, T, NULL);
+    assert_int_equal(strata_model_forward(m, inp, tgt, B, T, NULL, NULL).code, 0);
     *n = strata_model_dropout_mask(m, layer, site, NULL);
     float *f = malloc(*n * sizeof *f);
     strata_model_dropout_mask(m, layer, site, f);
@@ -490,10 +490,10 @@ static void dropout_off_is_bitwise_the_plain_model(void **state)
     for (size_t i = 0; i < n_mask; i++) assert_true(flat[i] == 1.0f);
     free(flat);
     /* The logits path (no targets) too. */
-    strata_model_forward(plain, s->inp, NULL, TB, TT, NULL);
+    assert_int_equal(strata_model_forward(plain, s->inp, NULL, TB, TT, NULL, NULL).code, 0);
     size_t nl = (size_t)TB * TT * strata_model_get_shape(plain)->padded_vocab;
     float *lg = copy_floats(strata_model_logits(plain), nl);
-    strata_model_forward(s->m, s->inp, NULL, TB, TT, NULL);
+    assert_int_equal(strata_model_forward(s->m, s->inp, NULL, TB, TT, NULL, NULL).code, 0);
     assert_memory_equal(strata_model_logits(s->m), lg, nl * sizeof *lg);
     free(lg), free(g_plain);
     strata_model_free(plain);
@@ -503,7 +503,7 @@ static void unknown_sites_and_layers_export_nothing(void **state)
 {
     tiny *s = *state;
     strata_model_set_dropout(s->m, P_DROP, DROP_SEED, DROP_STEP, s->ids);
-    strata_model_forward(s->m, s->inp, s->tgt, TB, TT, NULL);
+    assert_int_equal(strata_model_forward(s->m, s->inp, s->tgt, TB, TT, NULL, NULL).code, 0);
     assert_int_equal(strata_model_dropout_mask(s->m, TL, STRATA_DROPOUT_ATTN, NULL), 0);
     assert_int_equal(strata_model_dropout_mask(s->m, -1, STRATA_DROPOUT_ATTN, NULL), 0);
     assert_int_equal(strata_model_dropout_mask(s->m, 0, 4, NULL), 0);
@@ -736,7 +736,7 @@ static int bench_feature_extraction(void)
     for (int i = -1; i < n; i++) { /* i = -1 warms up */
         strata_model_reset_timing(b.m);
         double t0 = omp_get_wtime(), c0 = cpu_now();
-        strata_model_forward(b.m, b.tok, b.tok + 1, b.B, b.T, NULL);
+        assert_int_equal(strata_model_forward(b.m, b.tok, b.tok + 1, b.B, b.T, NULL, NULL).code, 0);
         double t1 = omp_get_wtime();
         if (i >= 0) fwd[i] = t1 - t0, cfwd[i] = cpu_now() - c0;
         if (i == n - 1) tf = strata_model_get_timing(b.m);

@@ -139,7 +139,8 @@ static void cache_matches_full_forward_one(const reference *r)
     memcpy(targets, seq + 1, (T - 1) * sizeof *seq);
     targets[T - 1] = r->greedy[r->n_new - 1];
     assert_int_equal(strata_model_reserve(m, 1, T).code, 0);
-    strata_model_forward(m, seq, NULL, 1, T, NULL);
+    float unused;
+    assert_int_equal(strata_model_forward(m, seq, NULL, 1, T, NULL, &unused).code, 0);
     float *full = malloc((size_t)T * Vp * sizeof(float));
     memcpy(full, strata_model_logits(m), (size_t)T * Vp * sizeof(float));
 
@@ -161,7 +162,8 @@ static void cache_matches_full_forward_one(const reference *r)
     /* Past the context: refused. */
     assert_int_equal(strata_generator_feed(g, seq, 1, &logits).code, STRATA_EINPUT);
 
-    float loss = strata_model_forward(m, seq, targets, 1, T, NULL);
+    float loss;
+    assert_int_equal(strata_model_forward(m, seq, targets, 1, T, NULL, &loss).code, 0);
     double score = 0;
     uint32_t all[MAX_IDS];
     memcpy(all, seq, T * sizeof *seq);

@@ -292,7 +292,7 @@ static void logits_and_loss_match_pytorch(fixture *x)
     const strata_model_shape *s = strata_model_get_shape(x->m);
     int V = s->vocab_size, Vp = s->padded_vocab, T = x->T;
     /* Logits of the first sequence (targets NULL keeps them). */
-    strata_model_forward(x->m, x->inputs, NULL, x->B, T, NULL);
+    assert_int_equal(strata_model_forward(x->m, x->inputs, NULL, x->B, T, NULL, NULL).code, 0);
     const float *lg = strata_model_logits(x->m);
     float *ref = malloc((size_t)T * V * sizeof *ref), *got = malloc((size_t)T * V * sizeof *got);
     hsize_t dims[2] = {(hsize_t)T, (hsize_t)V};
@@ -301,7 +301,10 @@ static void logits_and_loss_match_pytorch(fixture *x)
     double lrel = rel_err(got, ref, 0, (size_t)T * V);
     free(ref), free(got);
 
-    float loss = strata_model_forward(x->m, x->inputs, x->targets, x->B, T, NULL);
+    float loss;
+
+    assert_int_equal(strata_model_forward(x->m, x->inputs, x->targets, x->B, T, NULL, &loss).code,
+                     0);
     double rel = fabs((double)loss - x->loss) / x->loss;
     print_message("%s: logits rel %.2e; loss strata %.7f, torch %.7f (fp64 %.7f), rel %.2e\n",
                   x->spec->dir, lrel, loss, x->loss, x->loss_fp64, rel);
