@@ -21,6 +21,7 @@
 #include "strata/perf.h"
 #include "strata/schedule.h"
 #include "strata/stop.h"
+#include "strata/vocab_extend.h"
 #include "strata/watchdog.h"
 
 typedef struct eval_state {
@@ -109,6 +110,13 @@ static int frozen_blocks_at(const trainer *t, long step)
     return k > 0 ? k : 0;
 }
 
+/* The first row strata extend-vocab added to the model, 0 if none. */
+static long new_token_rows(const trainer *t)
+{
+    json_t *ext = json_object_get(t->origin, STRATA_VOCAB_EXTENSION_KEY);
+    return (long)json_integer_value(json_object_get(ext, "old_vocab_size"));
+}
+
 /* One group per tensor: weight decay on 2-D weights, lr multiplier 0 for a
  * frozen tensor and decay^(L-1-l) for block l with layer-wise lr decay. */
 static void build_groups(trainer *t, long step)
@@ -139,6 +147,9 @@ static void build_groups(trainer *t, long step)
             g->lr_mult = 0;
     }
     t->n_groups = n;
+    /* The rows strata extend-vocab added learn at new_token_lr_mult (groups has room). */
+    t->n_groups = strata_vocab_lr_groups(t->model, new_token_rows(t), c->train.new_token_lr_mult,
+                                         c->train.new_token_steps, step, t->groups, n);
 }
 
 /* EWC's Fisher file has the checkpoint layout: read it into a scratch model. */
@@ -201,8 +212,13 @@ static strata_err init_model(trainer *t, strata_ckpt_state *init_state)
         memcpy(t->theta0, strata_model_params(t->model), t->n_floats * sizeof(float));
     }
     if (c->train.ewc > 0) STRATA_TRY(load_fisher(t));
-    t->groups = calloc(strata_model_n_tensors(t->model), sizeof *t->groups);
+    t->groups = calloc(strata_model_n_tensors(t->model) + 2, sizeof *t->groups);
     if (!t->groups) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (c->train.new_token_lr_mult != 1 && new_token_rows(t) <= 0)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [train] new_token_lr_mult is set but [model] init records no "
+                             "vocabulary extension (strata extend-vocab makes one)",
+                             c->path);
     build_groups(t, 0);
     return strata_ok();
 }
