@@ -106,16 +106,16 @@ static int parse_args(int argc, char **argv, args *a)
 /* The old tokenizer: --old-tokenizer, else the tokenizer.json beside the
  * Hugging Face directory the checkpoint was imported from; either way it
  * must be the one whose hash the checkpoint records. */
-static strata_err load_old_tokenizer(const args *a, json_t *origin, strata_tokenizer **tok)
+static strata_err load_old_tokenizer(const args *a, json_t *origin, strata_tokenizer **tok,
+                                     char *path, size_t cap)
 {
     const char *recorded = json_string_value(json_object_get(origin, "tokenizer_hash"));
     const char *dir = json_string_value(json_object_get(origin, "path"));
     const char *from = json_string_value(json_object_get(origin, "from"));
-    char path[4200];
     if (a->old_tokenizer)
-        snprintf(path, sizeof path, "%s", a->old_tokenizer);
+        snprintf(path, cap, "%s", a->old_tokenizer);
     else if (dir && from && !strcmp(from, "hf"))
-        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        snprintf(path, cap, "%s/tokenizer.json", dir);
     else
         return strata_errorf(STRATA_EINPUT,
                              "%s: records no tokenizer file; give --old-tokenizer (byte, gpt2 or "
@@ -236,12 +236,12 @@ typedef struct job {
 static strata_err run(const args *a, job *j)
 {
     STRATA_TRY(load_model(a->ckpt, &j->m, &j->origin));
-    STRATA_TRY(load_old_tokenizer(a, j->origin, &j->old_tok));
+    char old_name[4200];
+    STRATA_TRY(load_old_tokenizer(a, j->origin, &j->old_tok, old_name, sizeof old_name));
     if (access(a->tokenizer, R_OK))
         return strata_errorf(STRATA_EINPUT, "%s: cannot open: %s", a->tokenizer, strerror(errno));
     STRATA_TRY(strata_tokenizer_hf(&j->new_tok, a->tokenizer));
     const strata_model_shape *s = strata_model_get_shape(j->m);
-    const char *old_name = a->old_tokenizer ? a->old_tokenizer : "(the model's tokenizer.json)";
     STRATA_TRY(strata_vocab_check_tokenizers(j->old_tok, j->new_tok, old_name, a->tokenizer,
                                              s->vocab_size));
     for (int i = 0; i < a->n_check; i++)
