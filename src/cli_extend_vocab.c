@@ -126,6 +126,9 @@ static strata_err load_old_tokenizer(const args *a, json_t *origin, strata_token
                              "%s: the model's tokenizer %s cannot be read (%s); give "
                              "--old-tokenizer",
                              a->ckpt, path, strerror(errno));
+    if (!strcmp(path, "gpt2") && (!a->vocab || !a->merges))
+        return strata_errorf(STRATA_EINPUT, "--old-tokenizer gpt2 needs --vocab encoder.json and "
+                                            "--merges vocab.bpe");
     strata_err e = strata_cli_load_tokenizer(tok, path, a->vocab, a->merges);
     if (e.code) return e;
     const char *hash = strata_tokenizer_hash(*tok);
@@ -258,7 +261,7 @@ static strata_err run(const args *a, job *j)
            "rows",
            a->ckpt, s->vocab_size, strata_model_get_shape(j->x)->vocab_size, k1 - k0, k0);
     if (a->noise > 0) printf(" + N(0, %g^2) noise (seed %llu)", (double)a->noise, a->seed);
-    printf("; model only, step 0 (continue with [model] init = %s) -> %s\n", a->out, a->out);
+    printf("; model only, step 0, for [model] init -> %s\n", a->out);
     return strata_ok();
 }
 

