@@ -101,6 +101,8 @@ static const key_spec keys[] = {
     {"train", "freeze", K_FREEZE, 0, 0, 0, NULL},
     {"train", "unfreeze_every", K_LONG, OFF(train.unfreeze_every), 0, BIG, NULL},
     {"train", "layer_lr_decay", K_DOUBLE, OFF(train.layer_lr_decay), 0.001, 1, NULL},
+    {"train", "new_token_lr_mult", K_DOUBLE, OFF(train.new_token_lr_mult), 0, 1000, NULL},
+    {"train", "new_token_steps", K_LONG, OFF(train.new_token_steps), 0, BIG, NULL},
     {"train", "init_seed", K_U64, OFF(train.init_seed), 0, 0, NULL},
     {"checkpoint", "dir", K_PATH, OFF(checkpoint.dir), 0, 0, NULL},
     {"checkpoint", "every", K_LONG, OFF(checkpoint.every), 0, BIG, NULL},
@@ -132,6 +134,7 @@ void strata_config_defaults(strata_config *c)
     c->train.eps = 1e-8, c->train.grad_clip = 1.0, c->train.bucket_mb = 25;
     c->train.comm_thread = 1;
     c->train.max_bad_steps = 5, c->train.step_timeout = -1, c->train.layer_lr_decay = 1;
+    c->train.new_token_lr_mult = 1;
     c->train.init_seed = 1337;
     c->checkpoint.dir[0] = 0; /* strata_config_load: ckpt beside the config file */
     c->checkpoint.every = 0, c->checkpoint.keep = 3;

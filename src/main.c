@@ -16,6 +16,7 @@ static const struct {
     {"eval", strata_cli_eval, "evaluate a checkpoint on the config's eval sets"},
     {"import", strata_cli_import, "convert llm.c or safetensors GPT-2 weights to a checkpoint"},
     {"export", strata_cli_export, "convert a checkpoint to llm.c or safetensors"},
+    {"extend-vocab", strata_cli_extend_vocab, "add a tokenizer's new tokens to a checkpoint"},
     {"fisher", strata_cli_fisher, "estimate the diagonal Fisher on replay data (EWC)"},
     {"sample", strata_cli_sample, "generate text from a checkpoint (KV cache, streamed)"},
     {"report", strata_cli_report, "plots and a summary table from metrics files"},

@@ -7,6 +7,7 @@
 
 #include "strata/ckpt.h"
 #include "strata/mem.h"
+#include "strata/vocab_extend.h"
 
 int strata_policy_frozen_blocks(const strata_param_policy *p, long step)
 {
@@ -49,7 +50,22 @@ void strata_policy_update_groups(strata_param_policy *p, long step)
         g->decay = ts->decay;
         g->lr_mult = lr_mult(p, ts, frozen, untied);
     }
-    p->n_groups = n;
+    /* The rows strata extend-vocab added learn at new_token_lr_mult (groups has room). */
+    const strata_config *c = p->cfg;
+    p->n_groups = strata_vocab_lr_groups(p->model, p->first_new_row, c->train.new_token_lr_mult,
+                                         c->train.new_token_steps, step, p->groups, n);
+}
+
+strata_err strata_policy_set_new_rows(strata_param_policy *p, long first_new_row)
+{
+    if (p->cfg->train.new_token_lr_mult != 1 && first_new_row <= 0)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [train] new_token_lr_mult is set but [model] init records no "
+                             "vocabulary extension (strata extend-vocab makes one)",
+                             p->cfg->path);
+    p->first_new_row = first_new_row;
+    strata_policy_update_groups(p, 0);
+    return strata_ok();
 }
 
 strata_step_opts strata_policy_step_opts(const strata_param_policy *p, long step)
@@ -97,7 +113,7 @@ strata_err strata_policy_init(strata_param_policy *p, const strata_config *cfg, 
         memcpy(p->theta0, strata_model_params(m), p->n_floats * sizeof(float));
     }
     if (cfg->train.ewc > 0) STRATA_TRY(load_fisher(p));
-    p->groups = strata_calloc(strata_model_n_tensors(m), sizeof *p->groups);
+    p->groups = strata_calloc(strata_model_n_tensors(m) + 2, sizeof *p->groups);
     if (!p->groups) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_policy_update_groups(p, 0);
     return strata_ok();

@@ -25,6 +25,7 @@
 #include "strata/stop.h"
 #include "strata/train_ckpt.h"
 #include "strata/train_step.h"
+#include "strata/vocab_extend.h"
 #include "strata/watchdog.h"
 
 /* With follow, the ranks poll for new shards this often and agree each
@@ -128,6 +129,9 @@ static strata_err open_parts(trainer *t, strata_ckpt_state *init)
     STRATA_TRY(strata_policy_init(&t->policy, c, t->model));
     STRATA_TRY(init_optimizer(t));
     STRATA_TRY(strata_train_ckpt_init(&t->ckpt, c, t->comm, NULL, init->extra_json));
+    json_t *ext = json_object_get(t->ckpt.origin, STRATA_VOCAB_EXTENSION_KEY);
+    STRATA_TRY(strata_policy_set_new_rows(
+        &t->policy, (long)json_integer_value(json_object_get(ext, "old_vocab_size"))));
     const char *tok = json_string_value(json_object_get(t->ckpt.origin, "tokenizer_hash"));
     int slot_begin = 0;
     STRATA_TRY(open_loader(t, tok, &slot_begin));

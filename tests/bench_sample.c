@@ -50,7 +50,7 @@ static double full_forward_ms(strata_model *m, const uint32_t *ids, int T)
     double best = 1e30;
     for (int r = 0; r < ROUNDS; r++) {
         double t0 = now();
-        strata_model_forward(m, ids, NULL, 1, T, NULL);
+        (void)strata_model_forward(m, ids, NULL, 1, T, NULL, NULL);
         double dt = now() - t0;
         if (dt < best) best = dt;
     }

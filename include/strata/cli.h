@@ -24,6 +24,7 @@ int strata_cli_report(int argc, char **argv);
 int strata_cli_bench(int argc, char **argv);
 int strata_cli_fisher(int argc, char **argv);
 int strata_cli_sample(int argc, char **argv);
+int strata_cli_extend_vocab(int argc, char **argv);
 
 /* Loads the tokenizer a --tokenizer option names: "byte", "gpt2" (with
  * vocab and merges) or the path of a Hugging Face tokenizer.json. */

@@ -92,6 +92,10 @@ typedef struct strata_config {
         int freeze_all_blocks; /* feature extraction */
         long unfreeze_every;   /* gradual unfreezing: one more block every N steps */
         double layer_lr_decay; /* lr multiplier per block below the top (1 = off) */
+        /* lr multiplier of the rows strata extend-vocab added (1 = off), for
+         * the first new_token_steps steps (0 = the whole run) */
+        double new_token_lr_mult;
+        long new_token_steps;
         uint64_t init_seed;
     } train;
     struct {

@@ -27,8 +27,9 @@ typedef struct strata_param_policy {
     strata_model *model; /* borrowed */
     int L;
     size_t n_floats;
-    strata_param_group *groups; /* one per tensor */
+    strata_param_group *groups; /* one per tensor, + 2 for the new-token rows */
     int n_groups;
+    long first_new_row; /* the first row strata extend-vocab added, 0: none */
     float *theta0; /* init weights, when a penalty or L1-to-init needs them */
     float *fisher; /* EWC's diagonal Fisher, model layout */
 } strata_param_policy;
@@ -39,6 +40,10 @@ strata_err strata_policy_init(strata_param_policy *p, const strata_config *cfg, 
 void strata_policy_free(strata_param_policy *p);
 /* Blocks frozen at step (from the bottom). */
 int strata_policy_frozen_blocks(const strata_param_policy *p, long step);
+/* The first embedding row strata extend-vocab added (0: none, from the
+ * model's origin): those rows get [train] new_token_lr_mult. EINPUT when
+ * the multiplier is set on a model that was never extended. */
+strata_err strata_policy_set_new_rows(strata_param_policy *p, long first_new_row);
 /* Rebuilds the groups for step (gradual unfreezing moves with it). */
 void strata_policy_update_groups(strata_param_policy *p, long step);
 /* What backward computes at step. */
