@@ -129,7 +129,7 @@ static strata_err read_conts(const json_t *arr, const char *key, const char *pre
             return bad(path, line, msg);
         }
         char *c = concat3(prefix, "", s);
-        if (!c) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        if (!c) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
         if (hellaswag) preprocess(c + strlen(prefix));
         it->cont[it->n++] = c;
     }
@@ -180,7 +180,7 @@ static strata_err parse_item(const json_t *o, item_text *it, const char *path, l
         return bad(path, line, msg);
     }
     it->context = hs ? hellaswag_context(o) : strdup(str_field(o, "context"));
-    if (!it->context) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!it->context) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     const char *ckey = hs ? "endings" : "choices";
     STRATA_TRY(read_conts(json_object_get(o, ckey), ckey, hs ? " " : "", hs, it, path, line));
     if (answer < 0 || answer >= it->n) {
@@ -195,7 +195,7 @@ static strata_err parse_item(const json_t *o, item_text *it, const char *path, l
     if (k < n) {
         for (int i = 0; i < it->n; i++) {
             char *c = concat3(it->context + k, "", it->cont[i]);
-            if (!c) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+            if (!c) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
             free(it->cont[i]);
             it->cont[i] = c;
         }
@@ -241,7 +241,7 @@ static strata_err encode_row(builder *b, const char *text)
     b->enc.n = 0;
     for (size_t i = 0; i < n_lead; i++) {
         if (!grow((void **)&b->enc.ids, &b->enc.cap, b->enc.n + 1, sizeof(uint32_t)))
-            return strata_errorf(STRATA_EFAIL, "out of memory");
+            return strata_errorf(STRATA_ENOMEM, "out of memory");
         b->enc.ids[b->enc.n++] = lead[i];
     }
     return strata_tokenizer_encode(b->tok, text, strlen(text), 0, NULL, &b->enc);
@@ -251,7 +251,7 @@ static strata_err add_cand(builder *b, const item_text *it, int i, size_t n_ctx,
 {
     strata_choice_set *s = b->s;
     char *whole = concat3(it->context, "", it->cont[i]);
-    if (!whole) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!whole) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_err e = encode_row(b, whole);
     free(whole);
     if (e.code) return bad(s->path, line, e.msg);
@@ -276,7 +276,7 @@ static strata_err add_cand(builder *b, const item_text *it, int i, size_t n_ctx,
         }
     if (!grow((void **)&s->tokens, &b->cap_tokens, s->n_tokens + len, sizeof(uint32_t)) ||
         !grow((void **)&s->cands, &b->cap_cands, s->n_cands + 1, sizeof *s->cands))
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
     memcpy(s->tokens + s->n_tokens, row, len * sizeof(uint32_t));
     s->cands[s->n_cands++] = (strata_choice_cand){
         .off = s->n_tokens, .len = (int)len, .n_cont = n_cont, .n_char = utf8_chars(it->cont[i])};
@@ -295,7 +295,7 @@ static strata_err add_item(builder *b, const item_text *it, long line)
                    "the context gives no token (and the tokenizer puts none "
                    "before a document)");
     if (!grow((void **)&s->items, &b->cap_items, s->n_items + 1, sizeof *s->items))
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
     s->items[s->n_items] = (strata_choice_item){
         .first_cand = s->n_cands, .n_cands = it->n, .answer = it->answer, .line = line};
     for (int i = 0; i < it->n; i++) STRATA_TRY(add_cand(b, it, i, n_ctx, line));
@@ -351,7 +351,7 @@ strata_err strata_choice_load(strata_choice_set **out, const char *path, strata_
     strata_choice_set *s = calloc(1, sizeof *s);
     builder b = {.s = s, .tok = tok, .vocab_size = vocab_size, .max_len = max_len};
     strata_err e = s && (s->path = strdup(path)) ? read_lines(&b, fp, max_items)
-                                                 : strata_errorf(STRATA_EFAIL, "out of memory");
+                                                 : strata_errorf(STRATA_ENOMEM, "out of memory");
     fclose(fp);
     strata_tokens_free(&b.enc);
     if (e.code) {

@@ -593,7 +593,7 @@ static strata_err attr_read_str(hid_t file, const char *path, const char *name, 
             e = strata_errorf(STRATA_EINPUT, "%s: attribute '%s' has an impossible size %zu", path,
                               name, n);
         } else if (!(s = malloc(n + 1))) {
-            e = strata_errorf(STRATA_EFAIL, "out of memory");
+            e = strata_errorf(STRATA_ENOMEM, "out of memory");
         } else if (mem < 0 || H5Tset_size(mem, n) < 0 || H5Tset_strpad(mem, H5T_STR_NULLPAD) < 0 ||
                    H5Aread(attr, mem, s) < 0) {
             e = h5_fail(STRATA_EINPUT, path, "cannot read a string attribute");
@@ -604,7 +604,7 @@ static strata_err attr_read_str(hid_t file, const char *path, const char *name, 
     close_id(mem, H5Tclose);
     H5Tclose(type);
     H5Aclose(attr);
-    if (!e.code && !s) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && !s) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     if (e.code) {
         free(s);
         return e;

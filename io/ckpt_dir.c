@@ -70,7 +70,7 @@ static strata_err list_ckpts(const char *dir, ckpt_list *out)
                 closedir(d);
                 free(out->steps);
                 out->steps = NULL;
-                return strata_errorf(STRATA_EFAIL, "out of memory");
+                return strata_errorf(STRATA_ENOMEM, "out of memory");
             }
             out->steps = grown;
         }

@@ -318,7 +318,7 @@ strata_err strata_ckpt_describe(const char *path, char **desc)
     H5Eclear2(H5E_DEFAULT);
     if (out.oom) {
         free(out.p);
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     }
     *desc = out.p;
     return e;

@@ -435,6 +435,96 @@ static char *read_line(char *str, int num, void *stream)
     return s;
 }
 
+/* --set overrides: relative paths in them are relative to the current
+ * directory, as the user typed them. */
+static strata_err apply_sets(parse_ctx *p, char **sets, int n_sets)
+{
+    p->where = "--set";
+    p->line = 0;
+    p->dir[0] = 0;
+    for (int i = 0; i < n_sets; i++) {
+        char buf[STRATA_PATH_MAX + 128];
+        snprintf(buf, sizeof buf, "%s", sets[i]);
+        char *eq = strchr(buf, '='), *dot = strrchr(buf, '.');
+        if (eq && dot > eq) { /* a dot in the value: the key's dot comes before '=' */
+            *eq = 0;
+            dot = strrchr(buf, '.');
+            *eq = '=';
+        }
+        if (!eq || !dot || dot > eq)
+            return strata_errorf(STRATA_EINPUT,
+                                 "--set %s: expected section.key=value (e.g. train.lr=1e-4)",
+                                 sets[i]);
+        *eq = 0;
+        *dot = 0;
+        if (!set_key(p, trim(buf), trim(dot + 1), trim(eq + 1)))
+            return strata_errorf(STRATA_EINPUT, "%s", p->error);
+    }
+    return strata_ok();
+}
+
+/* Checks across keys of the model, data and train sections. */
+static strata_err check_across_keys(const strata_config *cfg, const char *path)
+{
+    int from_scratch = !strcmp(cfg->model.init, "scratch");
+    if (from_scratch && cfg->data.seq_len > cfg->model.block_size)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] seq_len (%d) exceeds [model] block_size (%d)", path,
+                             cfg->data.seq_len, cfg->model.block_size);
+    if (from_scratch && cfg->model.family == STRATA_FAMILY_GPT2 &&
+        cfg->model.n_embd % cfg->model.n_head)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [model] n_embd (%d) must be a multiple of n_head (%d)", path,
+                             cfg->model.n_embd, cfg->model.n_head);
+    if (cfg->train.min_lr > cfg->train.lr)
+        return strata_errorf(STRATA_EINPUT, "%s: [train] min_lr (%g) exceeds lr (%g)", path,
+                             cfg->train.min_lr, cfg->train.lr);
+    if (cfg->data.replay_ratio > 0 && cfg->data.n_replay == 0)
+        return strata_errorf(STRATA_EINPUT,
+                             "%s: [data] replay_ratio is %g but no [data] replay source is set",
+                             path, cfg->data.replay_ratio);
+    return strata_ok();
+}
+
+/* Every eval set needs a path, gets a role (from its name when none is
+ * given), and has a tokenizer exactly when it is a choice set. */
+static strata_err check_evals(strata_config *cfg, const char *path)
+{
+    for (int i = 0; i < cfg->n_evals; i++) {
+        strata_eval_config *e = &cfg->evals[i];
+        if (!e->path[0])
+            return strata_errorf(STRATA_EINPUT, "%s: [eval.%s] needs a path", path, e->name);
+        if (!e->role_set) /* fallback: the names older configs gave the roles */
+            e->role = !strcmp(e->name, "old")   ? STRATA_EVAL_OLD
+                      : !strcmp(e->name, "new") ? STRATA_EVAL_NEW
+                                                : STRATA_EVAL_PLAIN;
+    }
+    for (int i = 0; i < cfg->n_evals; i++) {
+        const strata_eval_config *e = &cfg->evals[i];
+        if (e->kind == STRATA_EVAL_CHOICE && !e->tokenizer[0])
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [eval.%s] kind = choice needs tokenizer = byte, gpt2 or the "
+                                 "path of the model's tokenizer.json",
+                                 path, e->name);
+        if (e->kind != STRATA_EVAL_CHOICE && (e->tokenizer[0] || e->vocab[0] || e->merges[0]))
+            return strata_errorf(STRATA_EINPUT,
+                                 "%s: [eval.%s] tokenizer, vocab and merges are for kind = choice",
+                                 path, e->name);
+    }
+    return strata_ok();
+}
+
+/* The default checkpoint directory is relative to the config file, like
+ * every path in it, so two runs started from one directory stay apart. */
+static void default_checkpoint_dir(strata_config *cfg, const char *path)
+{
+    if (cfg->checkpoint.dir[0]) return;
+    const char *slash = strrchr(path, '/');
+    int dir_len = slash ? (int)(slash - path) : 0;
+    snprintf(cfg->checkpoint.dir, sizeof cfg->checkpoint.dir, "%.*s%sckpt", dir_len, path,
+             slash ? "/" : "");
+}
+
 strata_err strata_config_load(strata_config *cfg, const char *path, char **sets, int n_sets)
 {
     strata_config_defaults(cfg);
@@ -463,76 +553,10 @@ strata_err strata_config_load(strata_config *cfg, const char *path, char **sets,
         return strata_errorf(STRATA_EINPUT, "%s:%d: not a valid INI line", path, rc > 0 ? rc : 0);
     }
 
-    /* --set overrides: relative paths in them are relative to the current
-     * directory, as the user typed them. */
-    p.where = "--set";
-    p.line = 0;
-    p.dir[0] = 0;
-    for (int i = 0; i < n_sets; i++) {
-        char buf[STRATA_PATH_MAX + 128];
-        snprintf(buf, sizeof buf, "%s", sets[i]);
-        char *eq = strchr(buf, '='), *dot = strrchr(buf, '.');
-        if (eq && dot > eq) { /* a dot in the value: the key's dot comes before '=' */
-            *eq = 0;
-            dot = strrchr(buf, '.');
-            *eq = '=';
-        }
-        if (!eq || !dot || dot > eq)
-            return strata_errorf(STRATA_EINPUT,
-                                 "--set %s: expected section.key=value (e.g. train.lr=1e-4)",
-                                 sets[i]);
-        *eq = 0;
-        *dot = 0;
-        if (!set_key(&p, trim(buf), trim(dot + 1), trim(eq + 1)))
-            return strata_errorf(STRATA_EINPUT, "%s", p.error);
-    }
-
-    /* Checks across keys. */
-    int from_scratch = !strcmp(cfg->model.init, "scratch");
-    if (from_scratch && cfg->data.seq_len > cfg->model.block_size)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: [data] seq_len (%d) exceeds [model] block_size (%d)", path,
-                             cfg->data.seq_len, cfg->model.block_size);
-    if (from_scratch && cfg->model.family == STRATA_FAMILY_GPT2 &&
-        cfg->model.n_embd % cfg->model.n_head)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: [model] n_embd (%d) must be a multiple of n_head (%d)", path,
-                             cfg->model.n_embd, cfg->model.n_head);
-    if (cfg->train.min_lr > cfg->train.lr)
-        return strata_errorf(STRATA_EINPUT, "%s: [train] min_lr (%g) exceeds lr (%g)", path,
-                             cfg->train.min_lr, cfg->train.lr);
-    if (cfg->data.replay_ratio > 0 && cfg->data.n_replay == 0)
-        return strata_errorf(STRATA_EINPUT,
-                             "%s: [data] replay_ratio is %g but no [data] replay source is set",
-                             path, cfg->data.replay_ratio);
-    for (int i = 0; i < cfg->n_evals; i++) {
-        strata_eval_config *e = &cfg->evals[i];
-        if (!e->path[0])
-            return strata_errorf(STRATA_EINPUT, "%s: [eval.%s] needs a path", path, e->name);
-        if (!e->role_set) /* fallback: the names older configs gave the roles */
-            e->role = !strcmp(e->name, "old")   ? STRATA_EVAL_OLD
-                      : !strcmp(e->name, "new") ? STRATA_EVAL_NEW
-                                                : STRATA_EVAL_PLAIN;
-    }
-    for (int i = 0; i < cfg->n_evals; i++) {
-        const strata_eval_config *e = &cfg->evals[i];
-        if (e->kind == STRATA_EVAL_CHOICE && !e->tokenizer[0])
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: [eval.%s] kind = choice needs tokenizer = byte, gpt2 or the "
-                                 "path of the model's tokenizer.json",
-                                 path, e->name);
-        if (e->kind != STRATA_EVAL_CHOICE && (e->tokenizer[0] || e->vocab[0] || e->merges[0]))
-            return strata_errorf(STRATA_EINPUT,
-                                 "%s: [eval.%s] tokenizer, vocab and merges are for kind = choice",
-                                 path, e->name);
-    }
-    /* The default checkpoint directory is relative to the config file, like
-     * every path in it, so two runs started from one directory stay apart. */
-    if (!cfg->checkpoint.dir[0]) {
-        int dir_len = slash ? (int)(slash - path) : 0;
-        snprintf(cfg->checkpoint.dir, sizeof cfg->checkpoint.dir, "%.*s%sckpt", dir_len, path,
-                 slash ? "/" : "");
-    }
+    STRATA_TRY(apply_sets(&p, sets, n_sets));
+    STRATA_TRY(check_across_keys(cfg, path));
+    STRATA_TRY(check_evals(cfg, path));
+    default_checkpoint_dir(cfg, path);
     return strata_ok();
 }
 
@@ -614,8 +638,8 @@ char *strata_config_text(const strata_config *c)
     }
     for (int i = 0; i < c->n_evals; i++) {
         const strata_eval_config *e = &c->evals[i];
-        append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\nrole = %s\n",
-               e->name, e->path, e->max_samples,
+        append(&buf, &len, &cap, "\n[eval.%s]\npath = %s\nmax_samples = %ld\nrole = %s\n", e->name,
+               e->path, e->max_samples,
                e->role == STRATA_EVAL_OLD   ? "old"
                : e->role == STRATA_EVAL_NEW ? "new"
                                             : "none");

@@ -123,10 +123,10 @@ static strata_err decode_chunk(strata_h5_decoder *d, hid_t dset, int64_t c, uint
     size_t cb = (size_t)d->chunk_bytes;
     for (int k = 0; k < 2; k++)
         if (!d->work[k] && !(d->work[k] = malloc(cb)))
-            return strata_errorf(STRATA_EFAIL, "%s: out of memory", d->path);
+            return strata_errorf(STRATA_ENOMEM, "%s: out of memory", d->path);
     if (size > d->raw_cap) {
         uint8_t *p = realloc(d->raw, (size_t)size);
-        if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", d->path);
+        if (!p) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", d->path);
         d->raw = p;
         d->raw_cap = (size_t)size;
     }
@@ -156,7 +156,7 @@ strata_err strata_h5_decoder_chunk(strata_h5_decoder *d, hid_t dset, int64_t c,
     }
     strata_h5_decoded *slot = &d->cache[victim];
     if (!slot->data && !(slot->data = malloc((size_t)d->chunk_bytes)))
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", d->path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", d->path);
     slot->chunk = -1;
     STRATA_TRY(decode_chunk(d, dset, c, slot->data));
     slot->chunk = c;

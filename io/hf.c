@@ -445,7 +445,7 @@ strata_err strata_hf_read_config_extra(const char *dir, char **extra_json)
     *extra_json = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
     json_decref(c.root);
-    return *extra_json ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+    return *extra_json ? strata_ok() : strata_errorf(STRATA_ENOMEM, "out of memory");
 }
 
 /* ---- writing config.json --------------------------------------------------------- */
@@ -465,7 +465,7 @@ static json_t *json_float(float x)
 strata_err strata_hf_write_json(const char *path, json_t *root)
 {
     char *text = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(15));
-    if (!text) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!text) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_out_file o;
     strata_err e = strata_out_open(&o, path);
     if (!e.code) {
@@ -541,7 +541,7 @@ static strata_err config_json(const char *dir, const strata_model_shape *s, int 
                              "%s: no Hugging Face model_type for family %d variant %d", dir,
                              s->family, s->variant);
     json_t *o = json_object();
-    if (!o) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!o) return strata_errorf(STRATA_ENOMEM, "out of memory");
     json_object_set_new(o, "architectures", json_pack("[s]", ty->architecture));
     json_object_set_new(o, "model_type", json_string(ty->model_type));
     json_object_set_new(o, "torch_dtype",

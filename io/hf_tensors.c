@@ -142,7 +142,7 @@ static strata_err read_payload(const strata_safetensors *st, strata_model *m,
             free(tmp);
             tmp_len = 0;
             if (!(tmp = malloc(t->numel * sizeof(float)))) {
-                e = strata_errorf(STRATA_EFAIL, "out of memory");
+                e = strata_errorf(STRATA_ENOMEM, "out of memory");
                 break;
             }
             tmp_len = t->numel;
@@ -161,7 +161,7 @@ static strata_err check_tied_head(const strata_safetensors *st, strata_model *m,
 {
     float *tmp = malloc(emb->numel * sizeof(float));
     strata_err e =
-        tmp ? strata_st_read(st, head, tmp) : strata_errorf(STRATA_EFAIL, "out of memory");
+        tmp ? strata_st_read(st, head, tmp) : strata_errorf(STRATA_ENOMEM, "out of memory");
     if (!e.code && memcmp(tmp, strata_model_params(m) + emb->offset, emb->numel * sizeof(float)))
         e = strata_errorf(STRATA_EINPUT,
                           "%s: lm_head.weight differs from %s; the model ties the two "
@@ -178,7 +178,7 @@ strata_err strata_hf_load_tensors(const strata_safetensors *st, const char *wher
     const strata_st_tensor **src = calloc((size_t)n + 1, sizeof *src);
     unsigned char *used = calloc(nf + 1, 1);
     strata_err e = strata_ok();
-    if (!src || !used) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!src || !used) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     /* First every name and shape, before any payload. */
     for (int i = 0; i < n && !e.code; i++)
         e = match_tensor(st, where, m, strata_model_tensor(m, i), &src[i], used);
@@ -251,7 +251,7 @@ static strata_err write_range(const strata_model *m, const char *path, int dtype
 {
     strata_st_spec *specs = calloc((size_t)count + 1, sizeof *specs);
     size_t max_tr = 0;
-    if (!specs) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!specs) return strata_errorf(STRATA_ENOMEM, "out of memory");
     for (int i = 0; i < count; i++) {
         const strata_tensor *t = strata_model_tensor(m, first + i);
         spec_of(m, t, &specs[i]);
@@ -260,7 +260,7 @@ static strata_err write_range(const strata_model *m, const char *path, int dtype
     float *tmp = malloc((max_tr ? max_tr : 1) * sizeof(float));
     strata_st_writer *w = NULL;
     strata_err e = tmp ? strata_st_write_begin(&w, path, dtype, specs, (size_t)count, metadata)
-                       : strata_errorf(STRATA_EFAIL, "out of memory");
+                       : strata_errorf(STRATA_ENOMEM, "out of memory");
     const float *p = strata_model_params((strata_model *)m);
     for (int i = 0; i < count && !e.code; i++) {
         const strata_tensor *t = strata_model_tensor(m, first + i);
@@ -339,7 +339,7 @@ strata_err strata_hf_export(const strata_model *m, const char *dir, int dtype,
      * a non-empty one past the limit (as save_pretrained does). */
     int n = strata_model_n_tensors(m);
     int *shard_of = calloc((size_t)n + 1, sizeof *shard_of);
-    if (!shard_of) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!shard_of) return strata_errorf(STRATA_ENOMEM, "out of memory");
     int n_shards = 1;
     uint64_t in_shard = 0, total = 0;
     for (int i = 0; i < n; i++) {
@@ -374,7 +374,7 @@ strata_err strata_hf_export(const strata_model *m, const char *dir, int dtype,
                                       "weight_map", map);
             snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
             e = index ? strata_hf_write_json(path, index)
-                      : strata_errorf(STRATA_EFAIL, "out of memory");
+                      : strata_errorf(STRATA_ENOMEM, "out of memory");
             json_decref(index);
         }
         json_decref(map);

@@ -467,7 +467,7 @@ strata_err strata_loader_open(strata_loader **out, const strata_loader_config *c
     int R = strata_sampler_replay_slots(cfg->replay_ratio, cfg->global_batch);
     STRATA_TRY(check_config(cfg, R));
     strata_loader *l = calloc(1, sizeof *l);
-    if (!l) return strata_errorf(STRATA_EFAIL, "loader: out of memory");
+    if (!l) return strata_errorf(STRATA_ENOMEM, "loader: out of memory");
     l->cfg = *cfg;
     l->n = cfg->slot_end - cfg->slot_begin;
     l->T = cfg->seq_len;
@@ -499,7 +499,7 @@ strata_err strata_loader_open(strata_loader **out, const strata_loader_config *c
         e = strata_sampler_check(sp);
     }
     if (!e.code && !(l->fp = build_fingerprint(l)))
-        e = strata_errorf(STRATA_EFAIL, "loader: out of memory");
+        e = strata_errorf(STRATA_ENOMEM, "loader: out of memory");
     size_t rows = (size_t)(l->n > 0 ? l->n : 1);
     for (int i = 0; i < 2 && !e.code; i++) {
         strata_batch *b = &l->buf[i].b;
@@ -509,11 +509,11 @@ strata_err strata_loader_open(strata_loader **out, const strata_loader_config *c
         b->is_replay = calloc(rows, 1);
         b->sample_id = calloc(rows, sizeof *b->sample_id);
         if (!b->tokens || !b->is_replay || !b->sample_id)
-            e = strata_errorf(STRATA_EFAIL, "loader: out of memory for %zu x %d tokens", rows,
+            e = strata_errorf(STRATA_ENOMEM, "loader: out of memory for %zu x %d tokens", rows,
                               l->T + 1);
     }
     if (!e.code && !(l->items = calloc(rows, sizeof *l->items)))
-        e = strata_errorf(STRATA_EFAIL, "loader: out of memory");
+        e = strata_errorf(STRATA_ENOMEM, "loader: out of memory");
     if (!e.code && cfg->prefetch) {
         int rc = pthread_create(&l->thread, NULL, worker_main, l);
         if (rc)
@@ -665,7 +665,7 @@ strata_err strata_evalset_open(strata_evalset **out, const char *path, int seq_l
 {
     *out = NULL;
     strata_evalset *e = calloc(1, sizeof *e);
-    if (!e) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!e) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     strata_stream_opts o = {.seq_len = seq_len, .max_vocab = vocab_size};
     strata_err err = strata_stream_open(&e->st, path, &o);
     if (!err.code) {

@@ -48,7 +48,7 @@ strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep
     STRATA_TRY(strata_mkdir_parent(path));
     if (keep_through_step >= 0) STRATA_TRY(truncate_after(path, keep_through_step));
     strata_metrics *m = calloc(1, sizeof *m);
-    if (!m) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!m) return strata_errorf(STRATA_ENOMEM, "out of memory");
     m->f = fopen(path, keep_through_step >= 0 ? "a" : "w");
     if (!m->f) {
         free(m);

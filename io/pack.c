@@ -134,7 +134,7 @@ static strata_err tokenize_file(packer *p, const char *path, int fd,
         if (p->buf_cap - have < READ_BLOCK) {
             size_t cap = p->buf_cap ? 2 * p->buf_cap : 2 * READ_BLOCK;
             uint8_t *b = realloc(p->buf, cap);
-            if (!b) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+            if (!b) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
             p->buf = b;
             p->buf_cap = cap;
         }
@@ -164,7 +164,7 @@ static strata_err collect(packer *p, const uint32_t *ids, size_t n)
         size_t cap = all->cap ? all->cap : 1 << 20;
         while (cap < need) cap *= 2;
         uint32_t *q = realloc(all->ids, cap * sizeof *q);
-        if (!q) return strata_errorf(STRATA_EFAIL, "out of memory");
+        if (!q) return strata_errorf(STRATA_ENOMEM, "out of memory");
         all->ids = q;
         all->cap = cap;
     }
@@ -264,7 +264,7 @@ static strata_err check_inputs(const strata_pack_opts *o, const char *const *fil
             return strata_errorf(STRATA_EINPUT, "%s: cannot read: %s", files[i], strerror(errno));
     }
     char *copy = strdup(o->out_prefix);
-    if (!copy) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!copy) return strata_errorf(STRATA_ENOMEM, "out of memory");
     struct stat st;
     const char *dir = dirname(copy);
     int ok = !stat(dir, &st) && S_ISDIR(st.st_mode);

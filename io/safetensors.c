@@ -181,7 +181,7 @@ static strata_err grow(strata_safetensors *st, size_t more)
     size_t cap = st->cap ? st->cap : 64;
     while (cap < st->n + more) cap *= 2;
     strata_st_tensor *t = realloc(st->tensors, cap * sizeof *t);
-    if (!t) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!t) return strata_errorf(STRATA_ENOMEM, "out of memory");
     st->tensors = t;
     st->cap = cap;
     return strata_ok();
@@ -210,7 +210,7 @@ static strata_err parse_file(strata_safetensors *st, int fi)
         return strata_errorf(STRATA_EINPUT, "%s: header length %llu is impossible", path,
                              (unsigned long long)n);
     char *text = malloc((size_t)n);
-    if (!text) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!text) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_err e = strata_in_read(&f->in, text, (size_t)n, 8, "the header");
     if (e.code) {
         free(text);
@@ -243,7 +243,7 @@ static strata_err parse_file(strata_safetensors *st, int fi)
      * where the previous one ended and the last ends at the file's end. */
     size_t count = st->n - first;
     const strata_st_tensor **sorted = malloc((count + 1) * sizeof *sorted);
-    if (!sorted) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!sorted) return strata_errorf(STRATA_ENOMEM, "out of memory");
     for (size_t i = 0; i < count; i++) sorted[i] = &st->tensors[first + i];
     qsort(sorted, count, sizeof *sorted, cmp_begin);
     uint64_t at = 0;
@@ -271,7 +271,7 @@ static strata_err parse_file(strata_safetensors *st, int fi)
 static strata_err index_names(strata_safetensors *st)
 {
     st->by_name = malloc((st->n + 1) * sizeof *st->by_name);
-    if (!st->by_name) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!st->by_name) return strata_errorf(STRATA_ENOMEM, "out of memory");
     for (size_t i = 0; i < st->n; i++) st->by_name[i] = &st->tensors[i];
     qsort(st->by_name, st->n, sizeof *st->by_name, cmp_name);
     for (size_t i = 1; i < st->n; i++)
@@ -316,7 +316,7 @@ strata_err strata_st_open(const char *path, strata_safetensors **out)
     strata_safetensors *st = new_set(1);
     if (!st || !(st->files[0].path = strdup(path))) {
         strata_st_close(st);
-        return strata_errorf(STRATA_EFAIL, "out of memory");
+        return strata_errorf(STRATA_ENOMEM, "out of memory");
     }
     strata_err e = parse_file(st, 0);
     if (!e.code) e = index_names(st);
@@ -361,7 +361,7 @@ static strata_err open_index(const char *dir, const char *index_path, strata_saf
     int n_files = 0;
     const char *key;
     json_t *v;
-    if (!names) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!names) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     json_object_foreach(map, key, v)
     {
         if (e.code) break;
@@ -376,10 +376,10 @@ static strata_err open_index(const char *dir, const char *index_path, strata_saf
         if (k == n_files) names[n_files++] = json_string_value(v);
     }
     strata_safetensors *st = NULL;
-    if (!e.code && !(st = new_set(n_files))) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && !(st = new_set(n_files))) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     for (int i = 0; i < n_files && !e.code; i++) {
         if (!(st->files[i].path = join(dir, names[i])))
-            e = strata_errorf(STRATA_EFAIL, "out of memory");
+            e = strata_errorf(STRATA_ENOMEM, "out of memory");
         else
             e = parse_file(st, i);
     }
@@ -416,7 +416,7 @@ strata_err strata_st_open_dir(const char *dir, strata_safetensors **out)
     char *single = join(dir, SINGLE_NAME), *index = join(dir, INDEX_NAME);
     strata_err e = strata_ok();
     if (!single || !index)
-        e = strata_errorf(STRATA_EFAIL, "out of memory");
+        e = strata_errorf(STRATA_ENOMEM, "out of memory");
     else if (access(single, F_OK) == 0)
         e = strata_st_open(single, out);
     else if (access(index, F_OK) == 0)
@@ -508,7 +508,7 @@ strata_err strata_st_write_begin(strata_st_writer **out, const char *path, int d
                              path);
     json_t *root = json_object(), *meta = json_object();
     strata_err e = strata_ok();
-    if (!root || !meta) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!root || !meta) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     if (!e.code) json_object_set_new(meta, "format", json_string("pt"));
     for (size_t i = 0; metadata && metadata[i] && metadata[i + 1] && !e.code; i += 2)
         json_object_set_new(meta, metadata[i], json_string(metadata[i + 1]));
@@ -533,10 +533,10 @@ strata_err strata_st_write_begin(strata_st_writer **out, const char *path, int d
     char *text = e.code ? NULL : json_dumps(root, JSON_COMPACT);
     json_decref(root);
     json_decref(meta);
-    if (!e.code && !text) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && !text) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_st_writer *w = e.code ? NULL : calloc(1, sizeof *w);
     if (!e.code && (!w || !(w->path = strdup(path))))
-        e = strata_errorf(STRATA_EFAIL, "out of memory");
+        e = strata_errorf(STRATA_ENOMEM, "out of memory");
     if (!e.code) e = strata_out_open(&w->out, w->path);
     if (e.code) {
         if (w) free(w->path);

@@ -176,7 +176,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
             buf = strdup(vs);
             H5free_memory(vs);
             if (!buf) {
-                e = strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+                e = strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
                 goto done;
             }
         }
@@ -192,7 +192,7 @@ static strata_err read_str_attr(hid_t obj, const char *path, const char *name, c
         H5Tset_strpad(mt, H5T_STR_NULLTERM);
         buf = calloc(size + 1, 1);
         if (!buf) {
-            e = strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+            e = strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
             goto done;
         }
         if (H5Aread(a, mt, buf) < 0) {
@@ -386,7 +386,7 @@ static strata_err check_storage(strata_shard *s, hid_t dcpl, int esize)
         } else if (!strata_h5_decoder_init(&s->dec, dcpl, s->path, "/tokens", esize, ck,
                                            cr->n_chunks, fsize) &&
                    !(cr->checked = calloc((size_t)(cr->n_chunks + 7) / 8, 1))) {
-            return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+            return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
         }
     } else if (layout == H5D_CONTIGUOUS) {
         haddr_t off = H5Dget_offset(s->dset);
@@ -712,7 +712,7 @@ strata_err strata_shard_open(strata_shard **out, const char *path)
     strata_shard *s = calloc(1, sizeof *s);
     if (!s || !(s->path = strdup(path))) {
         free(s);
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     }
     s->file = s->dset = -1;
     strata_err e = open_checked(s);
@@ -770,7 +770,7 @@ strata_err strata_shard_read(strata_shard *s, int64_t start, int64_t n, uint32_t
     if (!wide) {
         if ((size_t)n > s->scratch_cap) {
             uint16_t *p = realloc(s->scratch, (size_t)n * sizeof *p);
-            if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+            if (!p) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
             s->scratch = p;
             s->scratch_cap = (size_t)n;
         }
@@ -800,7 +800,7 @@ strata_err strata_shard_verify(strata_shard *s)
     char why[256];
     int64_t n = s->info.n_tokens, block = (int64_t)1 << 20;
     uint32_t *buf = malloc((size_t)(n < block ? n : block) * sizeof *buf);
-    if (!buf) return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+    if (!buf) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
     strata_err e = strata_ok();
     for (int64_t i = 0; i < n && !e.code; i += block)
         e = strata_shard_read(s, i, n - i < block ? n - i : block, buf);
@@ -818,7 +818,7 @@ strata_err strata_shard_verify(strata_shard *s)
     uint64_t *off = malloc((size_t)nd * sizeof *off);
     if (!off) {
         H5Dclose(d);
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", s->path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", s->path);
     }
     if (H5Dread(d, H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, off) < 0) {
         e = strata_errorf(STRATA_EINPUT, "%s: cannot read /doc_offsets (%s)", s->path,

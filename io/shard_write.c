@@ -139,7 +139,7 @@ strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
         return strata_errorf(STRATA_EFAIL, "%s: this HDF5 has no deflate filter", path);
 
     strata_shard_writer *w = calloc(1, sizeof *w);
-    if (!w) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!w) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     w->file = w->tokens = H5I_INVALID_HID;
     w->vocab_size = o->vocab_size;
     w->eot_token = o->eot_token;
@@ -155,7 +155,7 @@ strata_err strata_shard_writer_open(strata_shard_writer **out, const char *path,
     w->buf = malloc((size_t)w->chunk * (w->wide ? 4 : 2));
     if (!w->path || !w->buf) {
         discard(w);
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     }
     strata_err named = strata_out_name(&w->out, w->path);
     if (named.code) {
@@ -182,7 +182,7 @@ strata_err strata_shard_writer_doc(strata_shard_writer *w)
     if (w->n_docs == w->cap_docs) {
         size_t cap = w->cap_docs ? 2 * w->cap_docs : 1024;
         uint64_t *d = realloc(w->docs, cap * sizeof *d);
-        if (!d) return w->failed = strata_errorf(STRATA_EFAIL, "%s: out of memory", w->path);
+        if (!d) return w->failed = strata_errorf(STRATA_ENOMEM, "%s: out of memory", w->path);
         w->docs = d;
         w->cap_docs = cap;
     }

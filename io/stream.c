@@ -59,11 +59,11 @@ static strata_err pathlist_add(pathlist *l, const char *path)
     if (l->n == l->cap) {
         int cap = l->cap ? 2 * l->cap : 16;
         char **p = realloc(l->p, (size_t)cap * sizeof *p);
-        if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        if (!p) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
         l->p = p;
         l->cap = cap;
     }
-    if (!(l->p[l->n] = strdup(path))) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!(l->p[l->n] = strdup(path))) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     l->n++;
     return strata_ok();
 }
@@ -150,7 +150,7 @@ static strata_err expand_dir(const char *path, pathlist *out)
         size_t n = pn + strlen(names.p[i]) + 2;
         char *full = malloc(n);
         if (!full) {
-            e = strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+            e = strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
             break;
         }
         snprintf(full, n, "%s%s%s", path, pn && path[pn - 1] == '/' ? "" : "/", names.p[i]);
@@ -190,7 +190,7 @@ static strata_err read_text(const char *path, char **text, size_t *len)
     }
     if (!e.code && ferror(f)) e = strata_errorf(STRATA_EINPUT, "%s: %s", path, strerror(errno));
     fclose(f);
-    if (!buf) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!buf) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     if (e.code) {
         free(buf);
         return e;
@@ -264,7 +264,7 @@ static strata_err expand_manifest(expand_ctx *cx, const char *path, pathlist *ou
         if (!n || line[0] == '#') continue;
         char *full = join_rel(path, line);
         if (!full) {
-            e = strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+            e = strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
             break;
         }
         char where[4200];
@@ -341,13 +341,13 @@ static strata_err add_shard(strata_stream *st, const char *path)
     if (st->n == st->cap) {
         int cap = st->cap ? 2 * st->cap : 16;
         entry *p = realloc(st->e, (size_t)cap * sizeof *p);
-        if (!p) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        if (!p) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
         st->e = p;
         st->cap = cap;
     }
     entry *en = &st->e[st->n];
     memset(en, 0, sizeof *en);
-    if (!(en->path = strdup(path))) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!(en->path = strdup(path))) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     en->pub.path = en->path;
     en->pub.name = base_name(en->path);
     en->pub.info = info;
@@ -379,7 +379,7 @@ strata_err strata_stream_open(strata_stream **out, const char *path, const strat
     strata_stream *st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
         free(st);
-        return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+        return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     }
     st->opts = *opts;
     pathlist l = {0};

@@ -41,7 +41,7 @@ static int tokens_push(strata_tokens *t, const uint32_t *ids, size_t n)
     return 0;
 }
 
-static strata_err oom(void) { return strata_errorf(STRATA_EFAIL, "tokenizer: out of memory"); }
+static strata_err oom(void) { return strata_errorf(STRATA_ENOMEM, "tokenizer: out of memory"); }
 
 /* ---- a hash table keyed by byte strings ----------------------------------------------- */
 

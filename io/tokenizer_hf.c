@@ -53,7 +53,7 @@ static int isxdigit_ascii(char c)
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-strata_err strata_hfi_oom(void) { return strata_errorf(STRATA_EFAIL, "tokenizer: out of memory"); }
+strata_err strata_hfi_oom(void) { return strata_errorf(STRATA_ENOMEM, "tokenizer: out of memory"); }
 
 int strata_hfi_push_ids(strata_tokens *t, const uint32_t *ids, size_t n)
 {

@@ -42,7 +42,7 @@ strata_err strata_comm_init(int *argc, char ***argv, strata_comm **out)
      * with a message, instead of MPI's default silent abort. */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     strata_comm *c = calloc(1, sizeof *c);
-    if (!c) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!c) return strata_errorf(STRATA_ENOMEM, "out of memory");
     c->serialized = provided >= MPI_THREAD_SERIALIZED;
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
@@ -230,7 +230,7 @@ static strata_err init_bucket(strata_grad_sync *g, bucket *b)
     b->counts = calloc(W, sizeof(int)), b->displs = calloc(W, sizeof(int));
     b->recv_counts = calloc(W, sizeof(int)), b->recv_displs = calloc(W, sizeof(int));
     if (!b->counts || !b->displs || !b->recv_counts || !b->recv_displs)
-        return strata_errorf(STRATA_EFAIL, "out of memory");
+        return strata_errorf(STRATA_ENOMEM, "out of memory");
     for (int r = 0; r < W; r++) {
         size_t sb, se;
         strata_comm_shard(c, g->n_floats, r, &sb, &se);
@@ -241,7 +241,7 @@ static strata_err init_bucket(strata_grad_sync *g, bucket *b)
     int mine = b->counts[c->rank];
     for (int r = 0; r < W; r++) b->recv_counts[r] = mine, b->recv_displs[r] = r * mine;
     b->parts = malloc(((size_t)W * mine + 1) * sizeof(float));
-    return b->parts ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+    return b->parts ? strata_ok() : strata_errorf(STRATA_ENOMEM, "out of memory");
 }
 
 static strata_err start_progress_thread(strata_grad_sync *g);
@@ -251,7 +251,7 @@ strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float
                                    strata_comm_progress progress)
 {
     strata_grad_sync *g = calloc(1, sizeof *g);
-    if (!g) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!g) return strata_errorf(STRATA_ENOMEM, "out of memory");
     g->comm = c, g->grads = grads, g->n_floats = n_floats, g->zero = zero && c->size > 1;
     strata_comm_shard(c, n_floats, c->rank, &g->shard_begin, &g->shard_end);
     if (!g->zero) g->shard_begin = 0, g->shard_end = n_floats;
@@ -262,7 +262,7 @@ strata_err strata_grad_sync_create(strata_grad_sync **out, strata_comm *c, float
     if (per > (size_t)1 << 30) per = (size_t)1 << 30;
     g->n_buckets = (int)((n_floats + per - 1) / per);
     g->buckets = calloc(g->n_buckets, sizeof *g->buckets);
-    if (!g->buckets) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!g->buckets) return strata_errorf(STRATA_ENOMEM, "out of memory");
     check(c, MPI_Comm_dup(MPI_COMM_WORLD, &g->scatter_comm), "communicator duplication");
     check(c, MPI_Comm_dup(MPI_COMM_WORLD, &g->gather_comm), "communicator duplication");
     for (int i = 0; i < g->n_buckets; i++) {
@@ -413,7 +413,7 @@ static void *progress_main(void *arg)
 static strata_err start_progress_thread(strata_grad_sync *g)
 {
     progress_thread *p = calloc(1, sizeof *p);
-    if (!p) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!p) return strata_errorf(STRATA_ENOMEM, "out of memory");
     p->ready_from = g->n_floats;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);

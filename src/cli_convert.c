@@ -60,6 +60,30 @@ static int parse_positive(const char *s, int *out)
     return 1;
 }
 
+/* The checks once every argument is read: the format is known, the options
+ * fit it, and there is one input and an output. Returns -1 to go on, else
+ * the exit status. */
+static int check_args(const convert_args *a, const char *cmd, const char *format_flag)
+{
+    if (!a->format) {
+        char what[64];
+        snprintf(what, sizeof what, "%s llmc|safetensors|hf is required", format_flag);
+        return bad_usage(cmd, what);
+    }
+    if (strcmp(a->format, "llmc") && strcmp(a->format, "safetensors") && strcmp(a->format, "hf")) {
+        char what[96];
+        snprintf(what, sizeof what, "unknown format '%.40s' (llmc, safetensors or hf)", a->format);
+        return bad_usage(cmd, what);
+    }
+    if ((a->dtype_given || a->max_shard_bytes) && strcmp(a->format, "hf"))
+        return bad_usage(cmd, "--dtype and --max-shard-bytes are for --to hf");
+    if (a->n_head && strcmp(a->format, "safetensors"))
+        return bad_usage(cmd, "--n-head is for --from safetensors");
+    if (!a->in) return bad_usage(cmd, "no input file given");
+    if (!a->out || !*a->out) return bad_usage(cmd, "--out FILE is required");
+    return -1;
+}
+
 /* Parses the arguments shared by import and export; format_flag is
  * "--from" or "--to". Returns -1 to go on, else the exit status. */
 static int parse_args(int argc, char **argv, const char *cmd, const char *format_flag,
@@ -127,23 +151,7 @@ static int parse_args(int argc, char **argv, const char *cmd, const char *format
             a->in = arg;
         }
     }
-    if (!a->format) {
-        char what[64];
-        snprintf(what, sizeof what, "%s llmc|safetensors|hf is required", format_flag);
-        return bad_usage(cmd, what);
-    }
-    if (strcmp(a->format, "llmc") && strcmp(a->format, "safetensors") && strcmp(a->format, "hf")) {
-        char what[96];
-        snprintf(what, sizeof what, "unknown format '%.40s' (llmc, safetensors or hf)", a->format);
-        return bad_usage(cmd, what);
-    }
-    if ((a->dtype_given || a->max_shard_bytes) && strcmp(a->format, "hf"))
-        return bad_usage(cmd, "--dtype and --max-shard-bytes are for --to hf");
-    if (a->n_head && strcmp(a->format, "safetensors"))
-        return bad_usage(cmd, "--n-head is for --from safetensors");
-    if (!a->in) return bad_usage(cmd, "no input file given");
-    if (!a->out || !*a->out) return bad_usage(cmd, "--out FILE is required");
-    return -1;
+    return check_args(a, cmd, format_flag);
 }
 
 static void print_shape(const strata_model *m)

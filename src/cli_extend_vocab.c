@@ -157,7 +157,7 @@ static strata_err read_file(const char *path, uint8_t **out, size_t *n)
     }
     int bad = ferror(f);
     fclose(f);
-    if (!buf) return strata_errorf(STRATA_EFAIL, "%s: out of memory", path);
+    if (!buf) return strata_errorf(STRATA_ENOMEM, "%s: out of memory", path);
     if (bad) {
         free(buf);
         return strata_errorf(STRATA_EINPUT, "%s: read error", path);
@@ -252,7 +252,7 @@ static strata_err run(const args *a, job *j)
     int k0 = strata_tokenizer_vocab_size(j->old_tok), k1 = strata_tokenizer_vocab_size(j->new_tok);
     STRATA_TRY(strata_vocab_extend(j->m, k0, k1, a->noise, a->seed, &j->x));
     char *extra = extended_extra(j->origin, j->old_tok, j->new_tok, s->vocab_size, a);
-    if (!extra) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!extra) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_ckpt_state st = {.world_size = 1, .extra_json = extra};
     strata_err e = strata_ckpt_write(a->out, j->x, NULL, NULL, &st);
     free(extra);

@@ -75,100 +75,113 @@ static int option(const char *name, int argc, char **argv, int *i, const char **
     return 1;
 }
 
+/* The command line, as given: the checks come after the whole of it is read. */
+typedef struct pack_args {
+    const char *tokenizer, *vocab, *merges;
+    const char *val_s, *shard_s, *deflate_s, *out;
+    const char **files;
+    int n_files;
+} pack_args;
+
+/* Checks the options and fills opts; 0, or the exit status of a usage error. */
+static int check_args(const pack_args *a, strata_pack_opts *opts)
+{
+    long long shard_tokens = 0, deflate = 0;
+    int rc = 0;
+    if (!a->tokenizer) {
+        rc = bad_usage("%s--tokenizer byte|gpt2|PATH/tokenizer.json is required", "");
+    } else if (!*a->tokenizer) {
+        rc = bad_usage("%s--tokenizer is empty (byte, gpt2 or a tokenizer.json)", "");
+    } else if (!a->out || !*a->out) {
+        rc = bad_usage("%s--out PREFIX is required", "");
+    } else if (!a->n_files) {
+        rc = bad_usage("%sno input files", "");
+    } else if (a->val_s && (parse_double(a->val_s, &opts->val_fraction) ||
+                            !(opts->val_fraction >= 0 && opts->val_fraction < 1))) {
+        rc = bad_usage("--val-fraction '%s' is not a number in [0, 1)", a->val_s);
+    } else if (a->shard_s && (parse_long(a->shard_s, &shard_tokens) || shard_tokens < 1)) {
+        rc = bad_usage("--shard-tokens '%s' is not a positive whole number", a->shard_s);
+    } else if (a->deflate_s && (parse_long(a->deflate_s, &deflate) || deflate < 0 || deflate > 9)) {
+        rc = bad_usage("--deflate '%s' is not a level 0..9", a->deflate_s);
+    } else if (!strcmp(a->tokenizer, "gpt2") && (!a->vocab || !a->merges)) {
+        rc = bad_usage("%s--tokenizer gpt2 needs --vocab encoder.json and --merges vocab.bpe "
+                       "(tests/fetch_gpt2_tokenizer.sh fetches them)",
+                       "");
+    } else if (strcmp(a->tokenizer, "gpt2") && (a->vocab || a->merges)) {
+        rc = bad_usage("%s--vocab and --merges are for --tokenizer gpt2", "");
+    }
+    opts->out_prefix = a->out;
+    opts->shard_tokens = shard_tokens;
+    opts->deflate = (int)deflate;
+    return rc;
+}
+
+/* The one line a successful pack prints. */
+static void print_stats(const char *out, const strata_pack_opts *opts, const strata_pack_stats *st,
+                        const strata_tokenizer *tok)
+{
+    char train[4200];
+    if (opts->shard_tokens)
+        snprintf(train, sizeof train, "%s.manifest (%d shards", out, st->n_shards);
+    else
+        snprintf(train, sizeof train, "%s.h5 (", out);
+    double mb = (double)st->bytes / 1e6;
+    printf("strata pack: %lld files, %.2f MB -> %lld %s tokens: %s%lld tokens, %lld docs)",
+           (long long)(st->train_docs + st->val_docs), mb,
+           (long long)(st->train_tokens + st->val_tokens), strata_tokenizer_name(tok), train,
+           (long long)st->train_tokens, (long long)st->train_docs);
+    if (st->val_tokens)
+        printf(", %s.val.h5 (%lld tokens, %lld docs)", out, (long long)st->val_tokens,
+               (long long)st->val_docs);
+    printf("; %.2f s, %.1f MB/s\n", st->seconds, st->seconds > 0 ? mb / st->seconds : 0.0);
+}
+
 int strata_cli_pack(int argc, char **argv)
 {
-    const char *tokenizer = NULL, *vocab = NULL, *merges = NULL;
-    const char *val_s = NULL, *shard_s = NULL, *deflate_s = NULL, *out = NULL;
-    const char **files = calloc((size_t)(argc > 0 ? argc : 1), sizeof *files);
-    if (!files) return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
-    int n_files = 0, only_files = 0, rc = 0;
+    pack_args args = {0};
+    args.files = calloc((size_t)(argc > 0 ? argc : 1), sizeof *args.files);
+    if (!args.files) return fail(strata_errorf(STRATA_ENOMEM, "out of memory"));
+    int only_files = 0, rc = 0;
     for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i], *v = NULL;
+        const char *a = argv[i];
         int missing = 0;
         if (only_files || a[0] != '-' || !a[1]) {
-            files[n_files++] = a;
+            args.files[args.n_files++] = a;
         } else if (!strcmp(a, "--")) {
             only_files = 1;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage, stdout);
-            free(files);
+            free(args.files);
             return 0;
-        } else if (option("--tokenizer", argc, argv, &i, &v, &missing)) {
-            tokenizer = v;
-        } else if (option("--vocab", argc, argv, &i, &v, &missing)) {
-            vocab = v;
-        } else if (option("--merges", argc, argv, &i, &v, &missing)) {
-            merges = v;
-        } else if (option("--val-fraction", argc, argv, &i, &v, &missing)) {
-            val_s = v;
-        } else if (option("--shard-tokens", argc, argv, &i, &v, &missing)) {
-            shard_s = v;
-        } else if (option("--deflate", argc, argv, &i, &v, &missing)) {
-            deflate_s = v;
-        } else if (option("--out", argc, argv, &i, &v, &missing)) {
-            out = v;
-        } else {
+        } else if (!option("--tokenizer", argc, argv, &i, &args.tokenizer, &missing) &&
+                   !option("--vocab", argc, argv, &i, &args.vocab, &missing) &&
+                   !option("--merges", argc, argv, &i, &args.merges, &missing) &&
+                   !option("--val-fraction", argc, argv, &i, &args.val_s, &missing) &&
+                   !option("--shard-tokens", argc, argv, &i, &args.shard_s, &missing) &&
+                   !option("--deflate", argc, argv, &i, &args.deflate_s, &missing) &&
+                   !option("--out", argc, argv, &i, &args.out, &missing)) {
             rc = bad_usage("unknown option '%s'", a);
         }
         if (missing) rc = bad_usage("%s needs a value", a);
     }
 
-    strata_pack_opts opts = {.out_prefix = out};
-    long long shard_tokens = 0, deflate = 0;
+    strata_pack_opts opts = {0};
+    if (!rc) rc = check_args(&args, &opts);
     if (rc) {
-    } else if (!tokenizer) {
-        rc = bad_usage("%s--tokenizer byte|gpt2|PATH/tokenizer.json is required", "");
-    } else if (!*tokenizer) {
-        rc = bad_usage("%s--tokenizer is empty (byte, gpt2 or a tokenizer.json)", "");
-    } else if (!out || !*out) {
-        rc = bad_usage("%s--out PREFIX is required", "");
-    } else if (!n_files) {
-        rc = bad_usage("%sno input files", "");
-    } else if (val_s && (parse_double(val_s, &opts.val_fraction) ||
-                         !(opts.val_fraction >= 0 && opts.val_fraction < 1))) {
-        rc = bad_usage("--val-fraction '%s' is not a number in [0, 1)", val_s);
-    } else if (shard_s && (parse_long(shard_s, &shard_tokens) || shard_tokens < 1)) {
-        rc = bad_usage("--shard-tokens '%s' is not a positive whole number", shard_s);
-    } else if (deflate_s && (parse_long(deflate_s, &deflate) || deflate < 0 || deflate > 9)) {
-        rc = bad_usage("--deflate '%s' is not a level 0..9", deflate_s);
-    } else if (!strcmp(tokenizer, "gpt2") && (!vocab || !merges)) {
-        rc = bad_usage("%s--tokenizer gpt2 needs --vocab encoder.json and --merges vocab.bpe "
-                       "(tests/fetch_gpt2_tokenizer.sh fetches them)",
-                       "");
-    } else if (strcmp(tokenizer, "gpt2") && (vocab || merges)) {
-        rc = bad_usage("%s--vocab and --merges are for --tokenizer gpt2", "");
-    }
-    if (rc) {
-        free(files);
+        free(args.files);
         return rc;
     }
-    opts.shard_tokens = shard_tokens;
-    opts.deflate = (int)deflate;
 
     strata_tokenizer *tok = NULL;
-    strata_err e = strata_cli_load_tokenizer(&tok, tokenizer, vocab, merges);
+    strata_err e = strata_cli_load_tokenizer(&tok, args.tokenizer, args.vocab, args.merges);
     strata_pack_stats st;
-    if (!e.code) e = strata_pack(tok, &opts, files, n_files, &st);
-    free(files);
+    if (!e.code) e = strata_pack(tok, &opts, args.files, args.n_files, &st);
+    free(args.files);
     if (e.code) {
         strata_tokenizer_free(tok);
         return fail(e);
     }
-
-    char train[4200];
-    if (opts.shard_tokens)
-        snprintf(train, sizeof train, "%s.manifest (%d shards", out, st.n_shards);
-    else
-        snprintf(train, sizeof train, "%s.h5 (", out);
-    double mb = (double)st.bytes / 1e6;
-    printf("strata pack: %lld files, %.2f MB -> %lld %s tokens: %s%lld tokens, %lld docs)",
-           (long long)(st.train_docs + st.val_docs), mb,
-           (long long)(st.train_tokens + st.val_tokens), strata_tokenizer_name(tok), train,
-           (long long)st.train_tokens, (long long)st.train_docs);
-    if (st.val_tokens)
-        printf(", %s.val.h5 (%lld tokens, %lld docs)", out, (long long)st.val_tokens,
-               (long long)st.val_docs);
-    printf("; %.2f s, %.1f MB/s\n", st.seconds, st.seconds > 0 ? mb / st.seconds : 0.0);
+    print_stats(args.out, &opts, &st, tok);
     strata_tokenizer_free(tok);
     return 0;
 }

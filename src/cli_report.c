@@ -39,7 +39,7 @@ int strata_cli_report(int argc, char **argv)
     const char *out = NULL;
     int plots = 1;
     char **files = calloc((size_t)(argc > 0 ? argc : 1), sizeof *files);
-    if (!files) return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
+    if (!files) return fail(strata_errorf(STRATA_ENOMEM, "out of memory"));
     size_t n_files = 0;
     int only_files = 0;
     for (int i = 1; i < argc; i++) {
@@ -76,7 +76,7 @@ int strata_cli_report(int argc, char **argv)
     strata_report_run *runs = calloc(n_files, sizeof *runs);
     if (!runs) {
         free(files);
-        return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
+        return fail(strata_errorf(STRATA_ENOMEM, "out of memory"));
     }
     strata_err e = strata_ok();
     size_t loaded = 0;

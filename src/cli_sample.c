@@ -177,7 +177,7 @@ static strata_err read_prompt(const sample_args *a, char **text, size_t *n)
         const char *p = a->prompt ? a->prompt : "";
         *n = strlen(p);
         *text = strdup(p);
-        return *text ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+        return *text ? strata_ok() : strata_errorf(STRATA_ENOMEM, "out of memory");
     }
     FILE *f = fopen(a->prompt_file, "rb");
     if (!f)
@@ -210,7 +210,7 @@ static strata_err encode_prompt(const sample_args *a, strata_tokenizer *tok, str
         if (ids->n == ids->cap) {
             size_t cap = ids->cap ? 2 * ids->cap : 16;
             uint32_t *p = realloc(ids->ids, cap * sizeof *p);
-            if (!p) return strata_errorf(STRATA_EFAIL, "out of memory");
+            if (!p) return strata_errorf(STRATA_ENOMEM, "out of memory");
             ids->ids = p, ids->cap = cap;
         }
         ids->ids[ids->n++] = lead[i];
@@ -266,7 +266,7 @@ static strata_err run_samples(const sample_args *a, strata_model *m, strata_toke
     strata_generator *g = NULL;
     STRATA_TRY(strata_generator_create(&g, m, (int)(prompt->n + a->tokens - 1)));
     uint32_t *out = malloc((size_t)a->tokens * sizeof *out);
-    strata_err e = out ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+    strata_err e = out ? strata_ok() : strata_errorf(STRATA_ENOMEM, "out of memory");
     for (long i = 0; !e.code && i < a->n; i++) {
         if (a->n > 1) printf("%s--- sample %ld\n", i ? "\n" : "", i);
         fwrite(prompt_text, 1, prompt_len, stdout);

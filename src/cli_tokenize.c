@@ -63,12 +63,12 @@ static strata_err encode_file(strata_tokenizer *tok, const char *path, FILE *out
     uint8_t *buf = malloc(2 * BLOCK);
     size_t cap = 2 * BLOCK, have = 0;
     strata_tokens ids = {0};
-    strata_err e = buf ? strata_ok() : strata_errorf(STRATA_EFAIL, "out of memory");
+    strata_err e = buf ? strata_ok() : strata_errorf(STRATA_ENOMEM, "out of memory");
     for (int eof = 0; !e.code && !eof;) {
         if (cap - have < BLOCK) {
             uint8_t *b = realloc(buf, cap * 2);
             if (!b) {
-                e = strata_errorf(STRATA_EFAIL, "out of memory");
+                e = strata_errorf(STRATA_ENOMEM, "out of memory");
                 break;
             }
             buf = b;
@@ -113,7 +113,7 @@ static strata_err decode_file(strata_tokenizer *tok, const char *path, FILE *out
             size_t c = ids.cap ? 2 * ids.cap : 4096;
             uint32_t *p = realloc(ids.ids, c * sizeof *p);
             if (!p) {
-                e = strata_errorf(STRATA_EFAIL, "out of memory");
+                e = strata_errorf(STRATA_ENOMEM, "out of memory");
                 break;
             }
             ids.ids = p;
@@ -148,7 +148,7 @@ int strata_cli_tokenize(int argc, char **argv)
     const char *tokenizer = NULL, *vocab = NULL, *merges = NULL;
     const char **files = calloc((size_t)argc + 1, sizeof *files);
     int decode = 0, info = 0, n_files = 0;
-    if (!files) return fail(strata_errorf(STRATA_EFAIL, "out of memory"));
+    if (!files) return fail(strata_errorf(STRATA_ENOMEM, "out of memory"));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = !strcmp(a, "--tokenizer") ? &tokenizer

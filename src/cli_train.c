@@ -216,7 +216,7 @@ int strata_cli_bench(int argc, char **argv)
     double *times = malloc(sizeof(double) * total), *mfus = malloc(sizeof(double) * total);
     strata_sgemm_probe *probe = strata_sgemm_probe_new(2048);
     if (!tok || !times || !mfus || !probe)
-        return strata_cli_fail("bench", strata_errorf(STRATA_EFAIL, "out of memory"));
+        return strata_cli_fail("bench", strata_errorf(STRATA_ENOMEM, "out of memory"));
     for (long i = 0; i < (long)B * T + 1; i++)
         tok[i] = (uint32_t)strata_rng_below(strata_rng_u64(7, 0, 0, (uint64_t)i), shape.vocab_size);
 

@@ -402,3 +402,9 @@ strata_err strata_gemm_check_precision(strata_precision prec)
                          "without it: apt-get install libdnnl-dev, then rebuild");
 #endif
 }
+
+void strata_gemv_f32(int M, int N, float alpha, const float *A, int lda, const float *x,
+                     float beta, float *y)
+{
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, M, N, alpha, A, lda, x, 1, beta, y, 1);
+}

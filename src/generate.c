@@ -1,13 +1,13 @@
 /* Generation with a KV cache: see include/strata/generate.h. */
 #include "strata/generate.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "strata/family.h"
+#include "strata/gemm.h"
 #include "strata/kernels.h"
 #include "strata/rng.h"
 #include "strata/tokenizer.h"
@@ -27,53 +27,6 @@ struct strata_generator {
     float *logits;     /* (Vp) */
 };
 
-/* ---- the cache ------------------------------------------------------------ */
-
-void strata_kv_store(strata_kv_cache *kv, int l, const float *qkv, int qkv_stride, int n, int pos)
-{
-    int hs_nkv = kv->kv_dim;                            /* NKV hs */
-    size_t q = (size_t)qkv_stride - 2 * (size_t)hs_nkv; /* NH hs: the keys follow the queries */
-    for (int i = 0; i < n; i++) {
-        const float *row = qkv + (size_t)i * qkv_stride;
-        memcpy(strata_kv_k(kv, l, pos + i), row + q, (size_t)hs_nkv * sizeof(float));
-        memcpy(strata_kv_v(kv, l, pos + i), row + q + hs_nkv, (size_t)hs_nkv * sizeof(float));
-    }
-}
-
-/* One query head at position p: softmax over the cached keys [lo, p], then
- * the weighted sum of the values, with the row maximum subtracted as the
- * training kernel does. */
-void strata_kv_attention(float *out, const float *qkv, int qkv_stride, const strata_kv_cache *kv,
-                         int l, int n, int pos, int NH, int NKV, int hs, int window, float scale,
-                         float *scores)
-{
-    int group = NH / NKV;
-    for (int i = 0; i < n; i++) {
-        int p = pos + i, lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
-        for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)i * qkv_stride + (size_t)h * hs;
-            size_t kv_off = (size_t)(h / group) * hs;
-            float mx = -INFINITY;
-            for (int j = lo; j <= p; j++) {
-                const float *k = strata_kv_k(kv, l, j) + kv_off;
-                float s = 0.0f;
-                for (int c = 0; c < hs; c++) s += q[c] * k[c];
-                scores[j] = s * scale;
-                if (scores[j] > mx) mx = scores[j];
-            }
-            float sum = 0.0f;
-            for (int j = lo; j <= p; j++) sum += scores[j] = expf(scores[j] - mx);
-            float *o = out + (size_t)i * NH * hs + (size_t)h * hs;
-            memset(o, 0, (size_t)hs * sizeof(float));
-            for (int j = lo; j <= p; j++) {
-                const float *v = strata_kv_v(kv, l, j) + kv_off;
-                float w = scores[j] / sum;
-                for (int c = 0; c < hs; c++) o[c] += w * v[c];
-            }
-        }
-    }
-}
-
 /* ---- the generator -------------------------------------------------------- */
 
 strata_err strata_generator_create(strata_generator **out, strata_model *m, int max_T)
@@ -88,7 +41,7 @@ strata_err strata_generator_create(strata_generator **out, strata_model *m, int 
         return strata_errorf(STRATA_EINPUT, "%d positions: the model's context is 1..%d", max_T,
                              s->block_size);
     strata_generator *g = calloc(1, sizeof *g);
-    if (!g) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!g) return strata_errorf(STRATA_ENOMEM, "out of memory");
     g->m = m, g->family = f;
     g->kv.n_layer = s->n_layer, g->kv.max_T = max_T, g->kv.kv_dim = s->n_kv_head * s->head_dim;
     size_t cache = (size_t)s->n_layer * max_T * g->kv.kv_dim;
@@ -100,7 +53,7 @@ strata_err strata_generator_create(strata_generator **out, strata_model *m, int 
     g->head = strata_model_params(m) + head->offset;
     strata_err e = strata_ok();
     if (!g->kv.k || !g->kv.v || !g->logits)
-        e = strata_errorf(STRATA_EFAIL, "out of memory for a KV cache of %d positions (%.1f GiB)",
+        e = strata_errorf(STRATA_ENOMEM, "out of memory for a KV cache of %d positions (%.1f GiB)",
                           max_T, 2.0 * cache * 4 / (1 << 30));
     else
         e = f->decode_reserve(m, &g->dstate, PREFILL_CHUNK < max_T ? PREFILL_CHUNK : max_T, max_T);
@@ -143,8 +96,8 @@ strata_err strata_generator_feed(strata_generator *g, const uint32_t *tokens, in
     }
     /* Only the last row's logits: logits (Vp) = head (Vp, C) h. A matrix-vector
      * product: sgemm would pack the whole (Vp, C) head for its one row. */
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, s->padded_vocab, s->n_embd, 1.0f, g->head, s->n_embd,
-                h + (size_t)(last - 1) * s->n_embd, 1, 0.0f, g->logits, 1);
+    strata_gemv_f32(s->padded_vocab, s->n_embd, 1.0f, g->head, s->n_embd,
+                    h + (size_t)(last - 1) * s->n_embd, 0.0f, g->logits);
     *logits = g->logits;
     return strata_ok();
 }
@@ -224,7 +177,7 @@ strata_err strata_generate(strata_generator *g, const uint32_t *prompt, int n_pr
                              "prompt of %d tokens + %d new ones exceeds the context of %d",
                              n_prompt, n_new, g->kv.max_T);
     float *scratch = o->temperature > 0 ? malloc(2 * (size_t)s->vocab_size * sizeof(float)) : NULL;
-    if (o->temperature > 0 && !scratch) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (o->temperature > 0 && !scratch) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_generator_reset(g);
     const float *logits = NULL;
     strata_err e = strata_generator_feed(g, prompt, n_prompt, &logits);
@@ -384,7 +337,7 @@ static strata_err sample_prompt_ids(strata_tokenizer *tok, const char *prompt, s
     strata_tokenizer_doc_tokens(tok, &lead, &n_lead, &tail, &n_tail);
     ids->cap = n_lead + 16;
     if (!(ids->ids = malloc(ids->cap * sizeof *ids->ids)))
-        return strata_errorf(STRATA_EFAIL, "out of memory");
+        return strata_errorf(STRATA_ENOMEM, "out of memory");
     memcpy(ids->ids, lead, n_lead * sizeof *lead);
     ids->n = n_lead;
     if (*prompt) STRATA_TRY(strata_tokenizer_encode(tok, prompt, strlen(prompt), 0, NULL, ids));
@@ -411,7 +364,7 @@ static strata_err train_sample_with(strata_model *m, strata_tokenizer *tok, cons
     size_t plen = strlen(prompt);
     text_sink sink = {tok, strata_tokenizer_eot(tok), 0, malloc(plen + 1), plen, plen + 1};
     uint32_t *out = malloc((size_t)n_new * sizeof *out);
-    if (!e.code && (!out || !sink.buf)) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && (!out || !sink.buf)) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     if (!e.code) {
         memcpy(sink.buf, prompt, plen);
         strata_sample_opts o = {STRATA_TRAIN_SAMPLE_TEMPERATURE, 0, STRATA_TRAIN_SAMPLE_TOP_P,
@@ -420,7 +373,7 @@ static strata_err train_sample_with(strata_model *m, strata_tokenizer *tok, cons
         e = strata_generate(g, ids.ids, (int)ids.n, n_new, &o, 0, out, &got, sink_token, &sink);
     }
     char *text = !e.code ? malloc(4 * sink.n + 1) : NULL;
-    if (!e.code && (sink.oom || !text)) e = strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!e.code && (sink.oom || !text)) e = strata_errorf(STRATA_ENOMEM, "out of memory");
     if (!e.code) strata_escape_line(sink.buf, sink.n, text), *line = text, text = NULL;
     free(text), free(sink.buf), free(out);
     strata_generator_free(g);

@@ -9,7 +9,7 @@
 
 #include "strata/attention.h"
 #include "strata/family.h"
-#include "strata/generate.h"
+#include "strata/kv_cache.h"
 #include "strata/kernels.h"
 #include "strata/mem.h"
 #include "strata/model.h"
@@ -268,7 +268,7 @@ static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
 {
     gpt2 *m = *state;
     if (!m) {
-        if (!(m = calloc(1, sizeof *m))) return strata_errorf(STRATA_EFAIL, "out of memory");
+        if (!(m = calloc(1, sizeof *m))) return strata_errorf(STRATA_ENOMEM, "out of memory");
         m->shape = *strata_model_get_shape(model);
         m->params = strata_model_params(model);
         m->grads = strata_model_grads(model);
@@ -291,7 +291,7 @@ static strata_err gpt2_reserve(strata_model *model, void **state, int B, int T)
         TIMED(elementwise, failed = dropout_prepare(m, B, T));
         if (failed) {
             m->fwd_drop = 0;
-            return strata_errorf(STRATA_EFAIL, "out of memory for dropout masks (B=%d T=%d)", B, T);
+            return strata_errorf(STRATA_ENOMEM, "out of memory for dropout masks (B=%d T=%d)", B, T);
         }
     }
     return strata_ok();
@@ -675,7 +675,7 @@ static strata_err gpt2_decode_reserve(strata_model *model, void **dstate, int n_
     gpt2_decode_free(*dstate);
     *dstate = NULL;
     gpt2_decode_state *d = calloc(1, sizeof *d);
-    if (!d) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!d) return strata_errorf(STRATA_ENOMEM, "out of memory");
     d->shape = *strata_model_get_shape(model);
     d->params = strata_model_params(model);
     d->tensors = strata_model_tensor(model, 0);
@@ -685,7 +685,7 @@ static strata_err gpt2_decode_reserve(strata_model *model, void **dstate, int n_
     size_t total = N * C * 3 + 2 * N + N * 3 * C + N * 8 * C + (size_t)max_T;
     if (!(d->x = malloc(total * sizeof(float)))) {
         free(d);
-        return strata_errorf(STRATA_EFAIL, "out of memory for decoding (%d tokens)", n_max);
+        return strata_errorf(STRATA_ENOMEM, "out of memory for decoding (%d tokens)", n_max);
     }
     float *p = d->x;
 #define TAKE(k) (p += (k), p - (k))

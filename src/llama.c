@@ -26,7 +26,7 @@
 
 #include "strata/attention.h"
 #include "strata/family.h"
-#include "strata/generate.h"
+#include "strata/kv_cache.h"
 #include "strata/kernels.h"
 #include "strata/llama_kernels.h"
 #include "strata/mem.h"
@@ -293,7 +293,7 @@ static strata_err alloc_arena(llama *m, int B, int T)
 static strata_err new_state(strata_model *model, llama **out)
 {
     llama *m = calloc(1, sizeof *m);
-    if (!m) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!m) return strata_errorf(STRATA_ENOMEM, "out of memory");
     m->s = *strata_model_get_shape(model);
     m->params = strata_model_params(model);
     m->grads = strata_model_grads(model);
@@ -304,7 +304,7 @@ static strata_err new_state(strata_model *model, llama **out)
     m->off = calloc((size_t)m->s.n_layer, sizeof *m->off);
     if (!m->inv_freq || !m->off) {
         free(m->inv_freq), free(m->off), free(m);
-        return strata_errorf(STRATA_EFAIL, "out of memory");
+        return strata_errorf(STRATA_ENOMEM, "out of memory");
     }
     strata_rope_inv_freq(m->inv_freq, m->s.head_dim, &m->s);
     for (int i = 0; i < strata_model_n_tensors(model); i++) {
@@ -557,7 +557,7 @@ static strata_err llama_decode_reserve(strata_model *model, void **dstate, int n
     llama_decode_free(*dstate);
     *dstate = NULL;
     llama_decode_state *d = calloc(1, sizeof *d);
-    if (!d) return strata_errorf(STRATA_EFAIL, "out of memory");
+    if (!d) return strata_errorf(STRATA_ENOMEM, "out of memory");
     strata_err e = new_state(model, &d->base);
     if (e.code) {
         free(d);
@@ -573,7 +573,7 @@ static strata_err llama_decode_reserve(strata_model *model, void **dstate, int n
     d->x = malloc(total * sizeof(float));
     if (!d->cos_t || !d->x) {
         llama_decode_free(d);
-        return strata_errorf(STRATA_EFAIL, "out of memory for decoding (%d tokens)", n_max);
+        return strata_errorf(STRATA_ENOMEM, "out of memory for decoding (%d tokens)", n_max);
     }
     d->sin_t = d->cos_t + (size_t)max_T * hs / 2;
     strata_rope_tables(d->cos_t, d->sin_t, d->base->inv_freq, max_T, (int)hs);

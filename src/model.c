@@ -201,7 +201,7 @@ strata_err strata_model_set_precision(strata_model *m, strata_precision prec)
     if (prec == STRATA_BF16 && !m->params16) {
         m->params16 = malloc(m->n_floats * sizeof(strata_bf16));
         if (!m->params16)
-            return strata_errorf(STRATA_EFAIL, "out of memory for the bf16 weight copy");
+            return strata_errorf(STRATA_ENOMEM, "out of memory for the bf16 weight copy");
     }
     if (prec == STRATA_FP32) free(m->params16), m->params16 = NULL;
     m->prec = prec;

@@ -15,7 +15,7 @@ strata_err strata_adamw_init(strata_adamw *opt, const strata_adamw_config *cfg, 
     opt->v = calloc(n ? n : 1, sizeof(float));
     if (!opt->m || !opt->v) {
         strata_adamw_free(opt);
-        return strata_errorf(STRATA_EFAIL, "out of memory for optimizer state (%zu floats)", 2 * n);
+        return strata_errorf(STRATA_ENOMEM, "out of memory for optimizer state (%zu floats)", 2 * n);
     }
     return strata_ok();
 }

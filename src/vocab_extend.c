@@ -99,7 +99,7 @@ strata_err strata_vocab_extend(strata_model *m, int old_tokens, int new_tokens, 
             if (grow_matrix(src + a->offset, v0, dst + b->offset, old_tokens, new_tokens, C, noise,
                             seed, a->role)) {
                 strata_model_free(x);
-                return strata_errorf(STRATA_EFAIL, "out of memory");
+                return strata_errorf(STRATA_ENOMEM, "out of memory");
             }
         } else
             memcpy(dst + b->offset, src + a->offset, a->numel * sizeof(float));

@@ -88,6 +88,12 @@ static inline strata_mat strata_mat_bf16(const strata_bf16 *p, int ld, int trans
 void strata_gemm(strata_precision prec, int M, int N, int K, float alpha, strata_mat A,
                  strata_mat B, float beta, float *C, int ldc);
 
+/* y (M) = alpha * A (M, N) @ x (N) + beta * y, fp32, row-major: the one-row
+ * products of generation (its lm head), where a gemm would pack all of A
+ * for a single row. */
+void strata_gemv_f32(int M, int N, float alpha, const float *A, int lda, const float *x,
+                     float beta, float *y);
+
 /* A line saying which backend bf16 products use here, e.g. "bf16 matmul
  * oneDNN brg:avx512_core_amx (ISA avx512_core_amx)" or "bf16 matmul sgemm on
  * bf16-rounded operands (oneDNN ISA avx2 has no bf16 matmul)". */
