@@ -71,18 +71,25 @@ void strata_encoder_backward(float *dwte, float *dwpe, const float *dout, const 
     }
 }
 
+/* A row's mean m and 1 / sqrt(var + eps), both precisions' forward alike. */
+static inline float layernorm_stats(const float *x, int C, float *mean)
+{
+    float m = 0.0f;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    float v = 0.0f;
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    *mean = m;
+    return 1.0f / sqrtf(v / C + LN_EPS);
+}
+
 void strata_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                               const float *w, const float *b, int N, int C)
 {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-        float s = 1.0f / sqrtf(v / C + LN_EPS);
+        float m, s = layernorm_stats(x, C, &m);
         float *y = out + (size_t)n * C;
         for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + b[c];
         mean[n] = m;
@@ -96,12 +103,7 @@ void strata_layernorm_forward_bf16(strata_bf16 *out, float *mean, float *rstd, c
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
-        float v = 0.0f;
-        for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
-        float s = 1.0f / sqrtf(v / C + LN_EPS);
+        float m, s = layernorm_stats(x, C, &m);
         strata_bf16 *y = out + (size_t)n * C;
         for (int c = 0; c < C; c++) y[c] = strata_bf16_from_float((x[c] - m) * s * w[c] + b[c]);
         mean[n] = m;
