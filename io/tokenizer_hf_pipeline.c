@@ -420,14 +420,18 @@ static int split_spans(strata_hf *h, const pre_step *st, int level, const uint8_
             }
         }
         PART(prev, n, 0);
-    } else if (st->type == PT_SPLIT) {
+    } else if (st->type == PT_SPLIT || (st->type == PT_METASPACE && st->split)) {
+        /* a literal: Split's pattern, or Metaspace's replacement character */
+        const uint8_t *lit =
+            st->type == PT_SPLIT ? (const uint8_t *)st->lit : (const uint8_t *)st->rep;
+        size_t lit_len = st->type == PT_SPLIT ? st->lit_len : st->rep_len;
         for (size_t pos = 0; pos < n;) {
-            const uint8_t *hit = memmem(s + pos, n - pos, st->lit, st->lit_len);
+            const uint8_t *hit = memmem(s + pos, n - pos, lit, lit_len);
             if (!hit) break;
             size_t a = (size_t)(hit - s);
             PART(prev, a, 0);
-            PART(a, a + st->lit_len, 1);
-            prev = pos = a + st->lit_len;
+            PART(a, a + lit_len, 1);
+            prev = pos = a + lit_len;
         }
         PART(prev, n, 0);
     } else if (st->type == PT_DIGITS) {
@@ -440,16 +444,6 @@ static int split_spans(strata_hf *h, const pre_step *st, int level, const uint8_
                 prev = i + k;
             }
             i += k ? k : 1;
-        }
-        PART(prev, n, 0);
-    } else if (st->type == PT_METASPACE && st->split) {
-        for (size_t pos = 0; pos < n;) {
-            const uint8_t *hit = memmem(s + pos, n - pos, st->rep, st->rep_len);
-            if (!hit) break;
-            size_t a = (size_t)(hit - s);
-            PART(prev, a, 0);
-            PART(a, a + st->rep_len, 1);
-            prev = pos = a + st->rep_len;
         }
         PART(prev, n, 0);
     } else {

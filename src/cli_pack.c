@@ -26,11 +26,7 @@ static const char usage[] =
     "(Llama 2/3, Qwen, SmolLM2, Mistral ...; see tests/fetch_hf_tokenizers.sh).\n"
     "--deflate compresses (default 0: off, fastest).\n";
 
-static int fail(strata_err e)
-{
-    fprintf(stderr, "strata pack: %s\n", e.msg);
-    return e.code;
-}
+static int fail(strata_err e) { return strata_cli_fail("pack", e); }
 
 static int bad_usage(const char *fmt, const char *arg)
 {

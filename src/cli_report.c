@@ -21,12 +21,7 @@ static const char usage[] =
     "directory's name for metrics.jsonl). Plots need gnuplot (apt-get install\n"
     "gnuplot-nox); --no-plots writes only summary.md and report.gp.\n";
 
-/* Prints the error as one line, the way every subcommand does. */
-static int fail(strata_err e)
-{
-    fprintf(stderr, "strata report: %s\n", e.msg);
-    return e.code;
-}
+static int fail(strata_err e) { return strata_cli_fail("report", e); }
 
 static int bad_usage(const char *what)
 {
