@@ -9,8 +9,6 @@
 
 #include "file.h"
 
-#include "file.h"
-
 struct strata_metrics {
     FILE *f;
     char path[4096];

@@ -37,10 +37,10 @@ typedef struct strata_eval_config {
     int kind;         /* STRATA_EVAL_LOSS or STRATA_EVAL_CHOICE */
     /* choice: "byte", "gpt2" (with vocab and merges) or a tokenizer.json */
     char tokenizer[STRATA_PATH_MAX], vocab[STRATA_PATH_MAX], merges[STRATA_PATH_MAX];
-    int role;         /* STRATA_EVAL_PLAIN, _OLD or _NEW; without a role key, [eval.old]
-                         and [eval.new] get theirs from the name (the older configs'
-                         convention) */
-    int role_set;     /* the role key was given */
+    int role;     /* STRATA_EVAL_PLAIN, _OLD or _NEW; without a role key, [eval.old]
+                     and [eval.new] get theirs from the name (the older configs'
+                     convention) */
+    int role_set; /* the role key was given */
 } strata_eval_config;
 
 typedef struct strata_config {
@@ -109,8 +109,8 @@ typedef struct strata_config {
     struct {
         char metrics[STRATA_PATH_MAX];
         long every, eval_every;
-        long sample_every;                     /* 0: no samples during training */
-        char sample_prompt[STRATA_PATH_MAX];   /* text, "" = the document's lead tokens only */
+        long sample_every;                      /* 0: no samples during training */
+        char sample_prompt[STRATA_PATH_MAX];    /* text, "" = the document's lead tokens only */
         char sample_tokenizer[STRATA_PATH_MAX]; /* "byte" (default), tokenizer.json or GPT-2 dir */
     } log;
     strata_eval_config evals[STRATA_MAX_EVALS];

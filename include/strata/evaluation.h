@@ -38,10 +38,10 @@ typedef struct strata_eval_session {
     int rank, world, micro_batch, T;
     int n_sets;
     strata_eval_config sets[STRATA_MAX_EVALS];
-    strata_evalset *data[STRATA_MAX_EVALS];     /* kind = loss */
+    strata_evalset *data[STRATA_MAX_EVALS];      /* kind = loss */
     strata_choice_set *choice[STRATA_MAX_EVALS]; /* kind = choice */
-    double baseline[STRATA_MAX_EVALS]; /* NAN until measured */
-    uint32_t *rows, *inputs, *targets; /* (micro_batch, T+1), (micro_batch, T) x 2 */
+    double baseline[STRATA_MAX_EVALS];           /* NAN until measured */
+    uint32_t *rows, *inputs, *targets;           /* (micro_batch, T+1), (micro_batch, T) x 2 */
 } strata_eval_session;
 
 /* Opens sets[0 .. n_sets) (cfg->evals for training and `strata eval`) for

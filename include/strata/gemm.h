@@ -91,8 +91,8 @@ void strata_gemm(strata_precision prec, int M, int N, int K, float alpha, strata
 /* y (M) = alpha * A (M, N) @ x (N) + beta * y, fp32, row-major: the one-row
  * products of generation (its lm head), where a gemm would pack all of A
  * for a single row. */
-void strata_gemv_f32(int M, int N, float alpha, const float *A, int lda, const float *x,
-                     float beta, float *y);
+void strata_gemv_f32(int M, int N, float alpha, const float *A, int lda, const float *x, float beta,
+                     float *y);
 
 /* A line saying which backend bf16 products use here, e.g. "bf16 matmul
  * oneDNN brg:avx512_core_amx (ISA avx512_core_amx)" or "bf16 matmul sgemm on

@@ -30,8 +30,8 @@ typedef struct strata_param_policy {
     strata_param_group *groups; /* one per tensor, + 2 for the new-token rows */
     int n_groups;
     long first_new_row; /* the first row strata extend-vocab added, 0: none */
-    float *theta0; /* init weights, when a penalty or L1-to-init needs them */
-    float *fisher; /* EWC's diagonal Fisher, model layout */
+    float *theta0;      /* init weights, when a penalty or L1-to-init needs them */
+    float *fisher;      /* EWC's diagonal Fisher, model layout */
 } strata_param_policy;
 
 /* Takes theta0 from the model as it is now (the init weights), reads the
