@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,45 +57,21 @@ strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep
     return strata_ok();
 }
 
-static strata_err write_line(strata_metrics *m, const char *fields)
-{
-    if (fprintf(m->f, "{%s}\n", fields) < 0 || fflush(m->f))
-        return strata_errorf(STRATA_EFAIL, "%s: write failed: %s", m->path, strerror(errno));
-    return strata_ok();
-}
-
-strata_err strata_metrics_write(strata_metrics *m, const char *fields_fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fields_fmt);
-    char *buf = NULL;
-    int n = vasprintf(&buf, fields_fmt, ap); /* as long as the record is: never cut */
-    va_end(ap);
-    if (n < 0) return strata_errorf(STRATA_ENOMEM, "%s: out of memory for a record", m->path);
-    strata_err e = write_line(m, buf);
-    free(buf);
-    return e;
-}
-
 strata_err strata_metrics_write_json(strata_metrics *m, const json_t *record)
 {
     /* Real numbers with 6 significant digits, as the records always had. */
     char *text = json_dumps(record, JSON_COMPACT | JSON_REAL_PRECISION(6));
     if (!text) return strata_errorf(STRATA_ENOMEM, "%s: out of memory for a record", m->path);
-    size_t n = strlen(text);
-    /* json_dumps gives "{...}": write_line adds the braces back. */
-    text[n - 1] = 0;
-    strata_err e = write_line(m, text + 1);
+    strata_err e = strata_ok();
+    if (fprintf(m->f, "%s\n", text) < 0 || fflush(m->f))
+        e = strata_errorf(STRATA_EFAIL, "%s: write failed: %s", m->path, strerror(errno));
     free(text);
     return e;
 }
 
 strata_err strata_write_small_file(const char *path, const char *text)
 {
-    strata_out_file o;
-    STRATA_TRY(strata_out_open(&o, path));
-    strata_out_write(&o, text, strlen(text));
-    return strata_out_finish(&o);
+    return strata_write_atomic(path, text, strlen(text));
 }
 
 void strata_metrics_close(strata_metrics *m)

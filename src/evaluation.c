@@ -32,8 +32,8 @@ strata_err strata_eval_session_open(strata_eval_session *s, const strata_config 
         s->n_sets = i + 1;
         if (sets[i].kind == STRATA_EVAL_CHOICE)
             STRATA_TRY(strata_choice_open(&s->choice[i], &sets[i], vocab,
-                                          strata_model_get_shape(model)->block_size,
-                                          tokenizer_hash, cfg->path));
+                                          strata_model_get_shape(model)->block_size, tokenizer_hash,
+                                          cfg->path));
         else
             STRATA_TRY(
                 strata_evalset_open(&s->data[i], sets[i].path, s->T, vocab, sets[i].max_samples));
@@ -143,8 +143,7 @@ static strata_err run_choice(strata_eval_session *s, int i, long step)
                    "eval %-8s step %ld | acc %.4f | acc_norm %.4f | vs step-0 baseline %+.4f | "
                    "%zu items",
                    s->sets[i].name, step, r.acc, r.acc_norm, r.acc - s->baseline[i], r.n_items);
-        if (s->metrics)
-            e = strata_comm_local_error(s->comm, write_choice_record(s, i, step, &r));
+        if (s->metrics) e = strata_comm_local_error(s->comm, write_choice_record(s, i, step, &r));
     }
     strata_choice_result_free(&r);
     return e;
@@ -191,20 +190,6 @@ void strata_eval_baselines_from_json(strata_eval_session *s, const json_t *obj)
 
 /* ---- strata eval -------------------------------------------------------- */
 
-/* The tokenizer identity a checkpoint's extra_json recorded ("import"), or
- * NULL. Points into a static copy: one checkpoint is evaluated at a time. */
-static const char *model_tokenizer_hash(const strata_ckpt_state *st)
-{
-    static char hash[80];
-    json_t *root = st->extra_json ? json_loads(st->extra_json, 0, NULL) : NULL;
-    const char *h = json_string_value(
-        json_object_get(json_object_get(root, "import"), "tokenizer_hash"));
-    hash[0] = 0;
-    if (h) snprintf(hash, sizeof hash, "%s", h);
-    json_decref(root);
-    return hash[0] ? hash : NULL;
-}
-
 static strata_err eval_checkpoint(strata_eval_session *s, strata_model *m, const char *ckpt_path)
 {
     const strata_config *cfg = s->cfg;
@@ -214,9 +199,12 @@ static strata_err eval_checkpoint(strata_eval_session *s, strata_model *m, const
     e = strata_comm_agree_error(s->comm, e);
     if (!e.code && cfg->n_evals == 0)
         e = strata_errorf(STRATA_EINPUT, "%s: no [eval.NAME] section to evaluate on", cfg->path);
+    json_t *origin = e.code ? NULL : strata_train_origin(st.extra_json);
     if (!e.code)
         e = strata_eval_session_open(s, cfg, s->comm, m, cfg->evals, cfg->n_evals,
-                                     cfg->train.micro_batch, model_tokenizer_hash(&st));
+                                     cfg->train.micro_batch,
+                                     json_string_value(json_object_get(origin, "tokenizer_hash")));
+    json_decref(origin);
     /* Appended to the run's metrics file, everything in it kept. */
     if (!e.code && s->rank == 0 && cfg->log.metrics[0])
         e = strata_metrics_open(&metrics, cfg->log.metrics, LONG_MAX);

@@ -68,8 +68,7 @@ void strata_train_extra_baselines(const char *extra_json, strata_eval_session *e
     json_decref(root);
 }
 
-/* The "import" member of a checkpoint's extra_json, kept as the model's origin. */
-static json_t *read_origin(const char *extra_json)
+json_t *strata_train_origin(const char *extra_json)
 {
     json_t *root = extra_json ? json_loads(extra_json, 0, NULL) : NULL;
     json_t *imp = json_object_get(root, "import");
@@ -106,7 +105,7 @@ strata_err strata_train_ckpt_init(strata_train_ckpt *k, const strata_config *cfg
     k->cfg = cfg, k->comm = comm;
     k->last_saved_step = -1;
     k->last_save_time = strata_now_seconds();
-    k->origin = read_origin(init_extra_json);
+    k->origin = strata_train_origin(init_extra_json);
     k->st.seed = cfg->data.seed;
     k->st.config = strata_config_text(cfg);
     k->st.data_fingerprint = loader ? strdup(strata_loader_fingerprint(loader)) : NULL;
@@ -313,7 +312,7 @@ strata_err strata_train_ckpt_resume(strata_train_ckpt *k, strata_model *m, strat
         memcpy(opt->m, am + opt->begin, (opt->end - opt->begin) * sizeof(float));
         memcpy(opt->v, av + opt->begin, (opt->end - opt->begin) * sizeof(float));
         opt->t = st.adam_t;
-        json_t *origin = read_origin(st.extra_json);
+        json_t *origin = strata_train_origin(st.extra_json);
         if (origin) json_decref(k->origin), k->origin = origin;
         strata_train_extra_baselines(st.extra_json, evals);
         strata_ckpt_state_free(&k->st);

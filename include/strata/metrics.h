@@ -18,10 +18,6 @@ typedef struct strata_metrics strata_metrics;
 /* keep_through_step < 0: start a new file; otherwise keep the records with
  * step <= keep_through_step and append after them. */
 strata_err strata_metrics_open(strata_metrics **out, const char *path, long keep_through_step);
-/* Writes one JSON object (the caller formats its fields, without braces),
- * however long. */
-strata_err strata_metrics_write(strata_metrics *m, const char *fields_fmt, ...)
-    __attribute__((format(printf, 2, 3)));
 /* Writes one record built with jansson (names escaped, non-finite numbers
  * as null: json_real refuses them, so callers pass json_null()). */
 strata_err strata_metrics_write_json(strata_metrics *m, const json_t *record);

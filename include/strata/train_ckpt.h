@@ -35,6 +35,9 @@ strata_err strata_train_model_open(const strata_config *cfg, const char *init, s
 
 /* Sets the eval baselines found in a checkpoint's extra_json (may be NULL). */
 void strata_train_extra_baselines(const char *extra_json, strata_eval_session *evals);
+/* The "import" member of a checkpoint's extra_json (the model's origin:
+ * tokenizer_hash, vocab_extension, ...), a new reference; NULL if none. */
+json_t *strata_train_origin(const char *extra_json);
 
 typedef struct strata_train_ckpt {
     const strata_config *cfg;
